@@ -1,0 +1,493 @@
+"""The only module that talks to Chatwoot: its Application API, per ../shared contract.
+
+Calls go over a small pool of keep-alive `http.client` connections with a timeout,
+so a slow Chatwoot costs a page a few seconds at most, never a hung thread. Every
+failure becomes one of three errors, and no `urllib`/`http.client` error escapes:
+
+    ChatwootError
+    +-- ChatwootUnavailable   down, slow, 5xx, 429, or an answer that is not JSON
+    +-- ChatwootRejected      a 4xx answer (bad token, validation); `.status`
+        +-- ChatwootNotFound  404: no such contact or conversation
+
+Chatwoot's JSON is turned into small `Ticket` and `Message` records here, and only
+public content crosses that line: private notes and activity messages are dropped.
+"""
+
+import concurrent.futures
+import dataclasses
+import http.client
+import json
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+
+log = logging.getLogger("portal.chatwoot")
+
+# Chatwoot answers 20 messages for a bare index call; `after`+`before` widens a
+# page to 1000 (contract §6.1). messages.id is a 32-bit serial, so this bound
+# includes every message.
+MESSAGE_PAGE_SIZE = 1000
+MAX_MESSAGE_ID = 2147483647
+# `contacts/{id}/conversations` stops at 20 (25 in later releases); at that size
+# the list may be cut, so the complete list is read from `conversations/filter`.
+CONTACT_CONVERSATIONS_LIMIT = 20
+CONVERSATION_FILTER_PAGE_SIZE = 25
+MAX_FILTER_PAGES = 40  # 1000 tickets: far beyond any one customer's history
+
+# Idle keep-alive connections older than this are closed instead of reused:
+# Chatwoot's server (Puma) and proxies drop idle connections after some seconds,
+# and a request sent on a connection the server is closing can fail.
+MAX_IDLE_SECONDS = 15
+POOL_SIZE = 16
+
+STATUSES = ("open", "pending", "resolved", "snoozed")
+API_CHANNEL = "Channel::Api"
+INCOMING, OUTGOING, ACTIVITY, TEMPLATE = 0, 1, 2, 3
+
+
+class ChatwootError(Exception):
+    """Anything that went wrong talking to Chatwoot."""
+
+
+class ChatwootUnavailable(ChatwootError):
+    """Chatwoot could not answer usefully now (down, slow, overloaded, garbled)."""
+
+
+class ChatwootRejected(ChatwootError):
+    """Chatwoot refused the request (4xx)."""
+
+    def __init__(self, status, message):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class ChatwootNotFound(ChatwootRejected):
+    """The contact or conversation does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Contact:
+    id: int
+    email: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Ticket:
+    id: int
+    contact_id: int
+    subject: str  # "" when Chatwoot has no subject; see Portal for the fallback
+    status: str
+    created_at: int
+    last_activity_at: int
+    channel: str
+
+    @property
+    def accepts_replies(self):
+        """Chatwoot takes customer messages only in API inboxes (contract §7)."""
+        return self.channel == API_CHANNEL
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    id: int
+    from_customer: bool
+    sender_name: str
+    content: str
+    created_at: int
+    attachments: tuple = ()
+
+
+class ChatwootClient:
+    def __init__(self, base_url, token, account_id, timeout=5.0):
+        parts = urllib.parse.urlsplit(base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path.rstrip("/") + f"/api/v1/accounts/{account_id}"
+        self._token = token
+        self.timeout = timeout
+        self._idle = queue.LifoQueue(maxsize=POOL_SIZE)
+        self._ssl = ssl.create_default_context() if self._https else None
+        # Two calls of one ticket page run side by side; a few threads suffice
+        # because each waits on the network, not the CPU.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="chatwoot")
+        # After a 404/422 from conversations/filter (Chatwoot before 4.14.2),
+        # don't ask again on every dashboard.
+        self._filter_unsupported = False
+        self._first_message_cache = _BoundedCache(10_000)
+
+    # -- Contacts -----------------------------------------------------------
+
+    def find_contact_by_email(self, email):
+        """The contact whose address is exactly `email` (already lower-case), or None.
+
+        Uses the exact `contacts/filter`, never the fuzzy search (contract §2.3),
+        and still compares the returned address: a near-miss never signs anyone in.
+        """
+        body = {"payload": [{"attribute_key": "email", "filter_operator": "equal_to",
+                             "values": [email], "query_operator": None}]}
+        data = self._call("POST", "/contacts/filter", body=body, idempotent=True)
+        matches = [c for c in _list(data, "payload")
+                   if isinstance(c, dict) and str(c.get("email") or "").lower() == email]
+        if len(matches) != 1:
+            return None
+        contact = matches[0]
+        return Contact(int(contact["id"]), email, str(contact.get("name") or ""))
+
+    # -- Tickets ------------------------------------------------------------
+
+    def list_tickets(self, contact_id):
+        """Every conversation of the contact, from every inbox, newest activity first."""
+        data = self._call("GET", f"/contacts/{int(contact_id)}/conversations")
+        items = _list(data, "payload")
+        if len(items) >= CONTACT_CONVERSATIONS_LIMIT and not self._filter_unsupported:
+            items = self._all_conversations(contact_id) or items
+        tickets = {}
+        for item in items:
+            ticket = _ticket(item)
+            # Trust nothing but the conversation's own contact: a list that ever
+            # carried someone else's ticket must not show it.
+            if ticket is not None and ticket.contact_id == contact_id:
+                tickets[ticket.id] = ticket
+        ordered = sorted(tickets.values(), key=lambda t: (t.last_activity_at, t.id), reverse=True)
+        return self._with_subjects(ordered)
+
+    def _all_conversations(self, contact_id):
+        items = []
+        body = {"payload": [{"attribute_key": "contact_id", "filter_operator": "equal_to",
+                             "values": [int(contact_id)], "query_operator": None}]}
+        for page in range(1, MAX_FILTER_PAGES + 1):
+            try:
+                data = self._call("POST", "/conversations/filter", query={"page": page},
+                                  body=body, idempotent=True)
+            except ChatwootRejected as error:
+                log.warning("conversations/filter refused (%s); showing the contact's latest conversations only", error.status)
+                self._filter_unsupported = True
+                return None
+            batch = _list(data, "payload")
+            items.extend(batch)
+            if len(batch) < CONVERSATION_FILTER_PAGE_SIZE:
+                break
+        return items
+
+    def _with_subjects(self, tickets):
+        """Give subject-less tickets an excerpt of their first public message.
+
+        The list call carries only the latest message, so the first one is read
+        once per such ticket (concurrently) and remembered: it never changes.
+        Tickets made by the portal or by e-mail have a subject and cost nothing.
+        """
+        missing = [t for t in tickets if not t.subject and self._first_message_cache.get(t.id) is None]
+        if missing:
+            futures = {t.id: self._executor.submit(self._first_public_text, t.id) for t in missing}
+            for ticket_id, future in futures.items():
+                try:
+                    self._first_message_cache.put(ticket_id, future.result())
+                except ChatwootError:
+                    pass  # the dashboard still shows "Ticket #id"
+        return [t if t.subject else dataclasses.replace(t, subject=self._first_message_cache.get(t.id) or "")
+                for t in tickets]
+
+    def _first_public_text(self, conversation_id):
+        data = self._call("GET", f"/conversations/{int(conversation_id)}/messages",
+                          query={"after": 0, "filter_internal_messages": "true"})
+        for message in _public_messages(_list(data, "payload")):
+            if message.content.strip():
+                return _excerpt(message.content)
+        return ""
+
+    def get_ticket(self, conversation_id):
+        """The conversation, or ChatwootNotFound."""
+        return _require_ticket(self._call("GET", f"/conversations/{int(conversation_id)}"))
+
+    def get_ticket_with_thread(self, conversation_id):
+        """(Ticket, [Message]) with both calls issued at once.
+
+        The thread is fetched before ownership is known but only returned, by the
+        caller's check, after `Ticket.contact_id` proves it is the customer's.
+        """
+        thread = self._executor.submit(self.thread, conversation_id)
+        try:
+            ticket = self.get_ticket(conversation_id)
+        except BaseException:
+            thread.cancel()
+            raise
+        return ticket, thread.result()
+
+    def thread(self, conversation_id):
+        """Every public message, oldest first, reading as many pages as it takes."""
+        messages, after = [], 0
+        while True:
+            data = self._call("GET", f"/conversations/{int(conversation_id)}/messages",
+                              query={"after": after, "before": MAX_MESSAGE_ID,
+                                     "filter_internal_messages": "true"})
+            page = _list(data, "payload")
+            messages.extend(_public_messages(page))
+            ids = [m.get("id") for m in page if isinstance(m, dict) and isinstance(m.get("id"), int)]
+            if len(page) < MESSAGE_PAGE_SIZE or not ids:
+                break
+            after = max(ids) + 1  # `after` is inclusive when `before` is given
+        messages.sort(key=lambda m: (m.created_at, m.id))
+        return messages
+
+    def create_ticket(self, contact_id, inbox_id, subject, content):
+        """A new conversation whose first message is the customer's own (incoming)."""
+        body = {
+            "inbox_id": int(inbox_id),
+            "contact_id": int(contact_id),
+            "additional_attributes": {"mail_subject": subject},
+            "message": {"content": content, "message_type": "incoming"},
+        }
+        return _require_ticket(self._call("POST", "/conversations", body=body))
+
+    def add_customer_message(self, conversation_id, content):
+        body = {"content": content, "message_type": "incoming", "private": False}
+        self._call("POST", f"/conversations/{int(conversation_id)}/messages", body=body)
+
+    def resolve(self, conversation_id):
+        """Resolve through toggle_status: a PATCH of `status` is silently ignored (§8)."""
+        self._call("POST", f"/conversations/{int(conversation_id)}/toggle_status",
+                   body={"status": "resolved"})
+
+    # -- Health -------------------------------------------------------------
+
+    def check(self, inbox_id):
+        """Problems reaching the account and inbox, as plain sentences (empty: fine)."""
+        try:
+            self.find_contact_by_email("portal-check@invalid.invalid")
+        except ChatwootRejected as error:
+            if error.status == 401:
+                return [f"Chatwoot refused the API token or account ({error.message}); "
+                        "use an administrator's access token and the right CHATWOOT_ACCOUNT_ID"]
+            return [f"Chatwoot rejected a contact lookup: {error}"]
+        except ChatwootUnavailable as error:
+            return [f"Chatwoot is not reachable at the configured CHATWOOT_URL: {error}"]
+        try:
+            inbox = self._call("GET", f"/inboxes/{int(inbox_id)}")
+        except ChatwootNotFound:
+            return [f"CHATWOOT_INBOX_ID {inbox_id} does not exist in this account"]
+        except ChatwootError as error:
+            return [f"Could not read inbox {inbox_id}: {error}"]
+        channel = inbox.get("channel_type") if isinstance(inbox, dict) else None
+        if channel and channel != API_CHANNEL:
+            return [f"Inbox {inbox_id} is a {channel} inbox; new tickets need an API-type inbox"]
+        return []
+
+    def close(self):
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        while True:
+            try:
+                self._idle.get_nowait()[0].close()
+            except queue.Empty:
+                return
+
+    # -- HTTP ---------------------------------------------------------------
+
+    def _call(self, method, path, query=None, body=None, idempotent=None):
+        """JSON from one API call, or a ChatwootError.
+
+        A read that fails on a reused keep-alive connection is retried once on a
+        fresh one (the server may have closed it while it sat idle). Writes are
+        never retried: Chatwoot has no idempotency key, a retry could double a
+        message.
+        """
+        idempotent = method == "GET" if idempotent is None else idempotent
+        url = self._prefix + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        payload = json.dumps(body).encode("utf-8") if body is not None else None
+        headers = {"Api-Access-Token": self._token, "Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        started = time.monotonic()
+        status = "error"
+        try:
+            for attempt in (1, 2):
+                connection, reused = self._connection()
+                try:
+                    connection.request(method, url, body=payload, headers=headers)
+                    response = connection.getresponse()
+                    raw = response.read()
+                except (OSError, http.client.HTTPException) as error:
+                    connection.close()
+                    if reused and idempotent and attempt == 1 and not isinstance(error, TimeoutError):
+                        continue
+                    status = "timeout" if isinstance(error, TimeoutError) else "unreachable"
+                    raise ChatwootUnavailable(f"{type(error).__name__}: {error}") from None
+                status = response.status
+                if response.will_close:
+                    connection.close()
+                else:
+                    self._release(connection)
+                return _decode(response.status, raw)
+        finally:
+            log.info("chatwoot %s %s %s %.1fms", method, _route_of(path), status,
+                     (time.monotonic() - started) * 1000)
+
+    def _connection(self):
+        while True:
+            try:
+                connection, idle_since = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if time.monotonic() - idle_since < MAX_IDLE_SECONDS:
+                return connection, True
+            connection.close()
+        if self._https:
+            connection = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
+        else:
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        return connection, False
+
+    def _release(self, connection):
+        try:
+            self._idle.put_nowait((connection, time.monotonic()))
+        except queue.Full:
+            connection.close()
+
+
+# ---------------------------------------------------------------------------
+# Chatwoot JSON -> portal records
+# ---------------------------------------------------------------------------
+
+def _decode(status, raw):
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        data = None
+    if 200 <= status < 300:
+        if data is None:
+            raise ChatwootUnavailable(f"HTTP {status} with a body that is not JSON")
+        return data
+    if status == 429 or status >= 500:
+        raise ChatwootUnavailable(f"HTTP {status}")
+    message = _error_message(data) or f"HTTP {status}"
+    if status == 404:
+        raise ChatwootNotFound(status, message)
+    raise ChatwootRejected(status, message)
+
+
+def _error_message(data):
+    """Chatwoot's errors come in three shapes (contract §1.4)."""
+    if not isinstance(data, dict):
+        return ""
+    if isinstance(data.get("error"), str):
+        return data["error"]
+    if isinstance(data.get("errors"), list):
+        return "; ".join(str(e) for e in data["errors"])
+    if isinstance(data.get("message"), str):
+        return data["message"]
+    return ""
+
+
+def _list(data, key):
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, list):
+        raise ChatwootUnavailable(f"unexpected answer: no '{key}' list")
+    return value
+
+
+def _require_ticket(data):
+    ticket = _ticket(data)
+    if ticket is None:
+        raise ChatwootUnavailable("unexpected answer: not a conversation")
+    return ticket
+
+
+def _ticket(item):
+    if not isinstance(item, dict):
+        return None
+    try:
+        conversation_id = int(item["id"])
+        contact_id = int(item["meta"]["sender"]["id"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    attributes = item.get("additional_attributes") or {}
+    subject = attributes.get("mail_subject") if isinstance(attributes, dict) else None
+    status = item.get("status") if item.get("status") in STATUSES else "open"
+    return Ticket(
+        id=conversation_id,
+        contact_id=contact_id,
+        subject=str(subject or "").strip(),
+        status=status,
+        created_at=_int(item.get("created_at")),
+        last_activity_at=_int(item.get("last_activity_at")) or _int(item.get("created_at")),
+        channel=str((item.get("meta") or {}).get("channel") or ""),
+    )
+
+
+def _public_messages(raw_messages):
+    """Messages a customer may see: never private notes, activity lines or blanks."""
+    messages = []
+    for raw in raw_messages:
+        # Anything not plainly public (true, "true", 1...) counts as a private note.
+        if not isinstance(raw, dict) or raw.get("private") not in (False, None):
+            continue
+        message_type = raw.get("message_type")
+        if message_type not in (INCOMING, OUTGOING, TEMPLATE):
+            continue
+        content = raw.get("content")
+        content = content if isinstance(content, str) else ""
+        # The dashboard editor writes a hard line break as backslash + newline.
+        content = content.replace("\\\n", "\n").strip("\n")
+        attachments = tuple(_attachment_name(a) for a in raw.get("attachments") or () if isinstance(a, dict))
+        if not content and not attachments:
+            continue
+        sender = raw.get("sender") if isinstance(raw.get("sender"), dict) else {}
+        messages.append(Message(
+            id=_int(raw.get("id")),
+            from_customer=message_type == INCOMING,
+            sender_name=str(sender.get("available_name") or sender.get("name") or ""),
+            content=content,
+            created_at=_int(raw.get("created_at")),
+            attachments=attachments,
+        ))
+    return messages
+
+
+def _attachment_name(attachment):
+    url = str(attachment.get("data_url") or "")
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    return name or str(attachment.get("file_type") or "file")
+
+
+def _excerpt(text, limit=80):
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _route_of(path):
+    """`/conversations/42/messages` -> `/conversations/:id/messages`, for log lines."""
+    return "/".join(":id" if part.isdigit() else part for part in path.split("/"))
+
+
+class _BoundedCache:
+    """A thread-safe dict that forgets its oldest entries past `size`."""
+
+    def __init__(self, size):
+        self._size = size
+        self._items = {}
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key, value):
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.pop(next(iter(self._items)))

@@ -1,0 +1,244 @@
+"""The portal's configuration: one schema, read once at start, validated as a whole.
+
+Settings come from the process environment and from a `.env` file in the working
+directory where one exists; the environment wins, so systemd's EnvironmentFile and a
+shell `export` both override the file. Every problem is collected and reported
+together (by start-up and by `python portal.py --check`), naming the setting and
+what is wrong with it, never its value when the value is a secret.
+"""
+
+import dataclasses
+import ipaddress
+import os
+import urllib.parse
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_BRAND_ASSETS_DIR = HERE / "static" / "brand"
+
+# A secret shorter than this is guessable; `python -c "import secrets;
+# print(secrets.token_hex(32))"` gives 64 characters.
+MIN_SESSION_SECRET_LENGTH = 32
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, one per line."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None  # None: required
+    help: str
+    secret: bool = False
+
+
+# The one schema. Adding a setting here? Also add it to .env.example and to the
+# README's configuration table (tests/test_config.py checks both).
+SETTINGS = (
+    Setting("HOST", "127.0.0.1", "Address the portal listens on."),
+    Setting("PORT", "3001", "TCP port the portal listens on."),
+    Setting("BASE_PATH", "/portal", "URL prefix the portal is served under (nginx location)."),
+    Setting("PORTAL_URL", None, "Public origin of the portal, e.g. https://support.example.com; links are PORTAL_URL + BASE_PATH + path."),
+    Setting("CHATWOOT_URL", "http://localhost:3000", "Base URL of Chatwoot, as reached from the portal."),
+    Setting("CHATWOOT_API_TOKEN", None, "Access token of a Chatwoot administrator (Profile > Access Token).", secret=True),
+    Setting("CHATWOOT_ACCOUNT_ID", "1", "Chatwoot account id."),
+    Setting("CHATWOOT_INBOX_ID", None, "Id of the API-type inbox that new tickets go to."),
+    Setting("CHATWOOT_TIMEOUT", "5", "Seconds to wait for Chatwoot before showing a friendly error."),
+    Setting("SESSION_SECRET", None, "Random key (at least 32 characters) that signs cookies and tokens.", secret=True),
+    Setting("SESSION_IDLE_MINUTES", "30", "A session ends after this many minutes without a request."),
+    Setting("MAGIC_LINK_MINUTES", "15", "How long a sign-in link stays valid."),
+    Setting("SMTP_ADDRESS", None, "Host name of the SMTP server that sends sign-in links."),
+    Setting("SMTP_PORT", "587", "SMTP port (587 for STARTTLS, 465 for SSL)."),
+    Setting("SMTP_USERNAME", "", "SMTP user; empty means no SMTP AUTH."),
+    Setting("SMTP_PASSWORD", "", "SMTP password.", secret=True),
+    Setting("SMTP_FROM", "", "From address of sign-in mails; defaults to SMTP_USERNAME."),
+    Setting("SMTP_SECURITY", "starttls", "starttls, ssl or none (none only for a local relay)."),
+    Setting("BRAND_ASSETS_DIR", str(DEFAULT_BRAND_ASSETS_DIR), "Folder holding logo.png and logo_thumbnail.png (Chatwoot's public/brand-assets)."),
+    Setting("TRUSTED_PROXY", "127.0.0.1", "Address of the reverse proxy whose X-Forwarded-For / X-Forwarded-Proto are believed."),
+)
+
+SMTP_SECURITY_CHOICES = ("starttls", "ssl", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    base_path: str
+    portal_url: str
+    chatwoot_url: str
+    chatwoot_api_token: str = dataclasses.field(repr=False)
+    chatwoot_account_id: int
+    chatwoot_inbox_id: int
+    chatwoot_timeout: float
+    session_secret: str = dataclasses.field(repr=False)
+    session_idle_minutes: int
+    magic_link_minutes: int
+    smtp_address: str
+    smtp_port: int
+    smtp_username: str
+    smtp_password: str = dataclasses.field(repr=False)
+    smtp_from: str
+    smtp_security: str
+    brand_assets_dir: Path
+    trusted_proxy: str
+
+    @property
+    def secure_cookies(self):
+        return self.portal_url.startswith("https://")
+
+    def public_url(self, path):
+        """Absolute URL of a portal path, for links that leave the browser (e-mail)."""
+        return self.portal_url + self.base_path + path
+
+
+def read_dotenv(path):
+    """KEY=VALUE lines; blank lines and # comments skipped; optional matching quotes stripped.
+
+    Deliberately no interpolation or escapes: secrets may contain `$` or `\\`.
+    """
+    values = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return values
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):]
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError([f"{path}:{number}: expected KEY=VALUE"])
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_config(environ=None, dotenv_path=".env"):
+    """Build the Config, or raise ConfigError listing every problem at once."""
+    environ = os.environ if environ is None else environ
+    raw = read_dotenv(dotenv_path) if dotenv_path else {}
+    raw.update({key: value for key, value in environ.items() if key in _BY_NAME})
+    problems = []
+
+    def get(name):
+        setting = _BY_NAME[name]
+        value = raw.get(name, "").strip()
+        if not value:
+            if setting.default is None:
+                problems.append(f"{name} is required: {setting.help}")
+            return setting.default or ""
+        return value
+
+    def integer(name, low, high):
+        value = get(name)
+        if not value:
+            return 0
+        try:
+            number = int(value)
+        except ValueError:
+            problems.append(f"{name} must be a whole number, not {value!r}")
+            return 0
+        if not low <= number <= high:
+            problems.append(f"{name} must be between {low} and {high}, not {number}")
+        return number
+
+    host = get("HOST")
+    port = integer("PORT", 1, 65535)
+    base_path = get("BASE_PATH").rstrip("/")
+    if base_path and (not base_path.startswith("/") or "//" in base_path or "?" in base_path):
+        problems.append(f"BASE_PATH must be a path like /portal, not {base_path!r}")
+
+    portal_url = _origin(get("PORTAL_URL"), "PORTAL_URL", problems)
+    chatwoot_url = _origin(get("CHATWOOT_URL"), "CHATWOOT_URL", problems, allow_path=True)
+
+    secret = get("SESSION_SECRET")
+    if secret and len(secret) < MIN_SESSION_SECRET_LENGTH:
+        problems.append(
+            f"SESSION_SECRET is too short ({len(secret)} characters, need at least "
+            f"{MIN_SESSION_SECRET_LENGTH}); generate one with: "
+            "python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+
+    timeout_text = get("CHATWOOT_TIMEOUT")
+    try:
+        timeout = float(timeout_text)
+        if not 0.5 <= timeout <= 60:
+            problems.append(f"CHATWOOT_TIMEOUT must be between 0.5 and 60 seconds, not {timeout_text}")
+    except ValueError:
+        problems.append(f"CHATWOOT_TIMEOUT must be a number of seconds, not {timeout_text!r}")
+        timeout = 5.0
+
+    security = get("SMTP_SECURITY").lower()
+    if security not in SMTP_SECURITY_CHOICES:
+        problems.append(f"SMTP_SECURITY must be one of {', '.join(SMTP_SECURITY_CHOICES)}, not {security!r}")
+    smtp_username = get("SMTP_USERNAME")
+    smtp_password = get("SMTP_PASSWORD")
+    if smtp_username and not smtp_password:
+        problems.append("SMTP_PASSWORD is required when SMTP_USERNAME is set")
+    smtp_from = get("SMTP_FROM") or smtp_username
+    if not smtp_from or "@" not in smtp_from:
+        problems.append("SMTP_FROM (or SMTP_USERNAME) must be the e-mail address sign-in mails come from")
+
+    brand_dir = Path(get("BRAND_ASSETS_DIR"))
+    for name in ("logo.png", "logo_thumbnail.png"):
+        if not (brand_dir / name).is_file():
+            problems.append(f"BRAND_ASSETS_DIR has no {name}: {brand_dir}")
+
+    trusted_proxy = get("TRUSTED_PROXY")
+    try:
+        ipaddress.ip_address(trusted_proxy)
+    except ValueError:
+        problems.append(f"TRUSTED_PROXY must be an IP address, not {trusted_proxy!r}")
+
+    config = Config(
+        host=host,
+        port=port,
+        base_path=base_path,
+        portal_url=portal_url,
+        chatwoot_url=chatwoot_url,
+        chatwoot_api_token=get("CHATWOOT_API_TOKEN"),
+        chatwoot_account_id=integer("CHATWOOT_ACCOUNT_ID", 1, 2**31 - 1),
+        chatwoot_inbox_id=integer("CHATWOOT_INBOX_ID", 1, 2**31 - 1),
+        chatwoot_timeout=timeout,
+        session_secret=secret,
+        session_idle_minutes=integer("SESSION_IDLE_MINUTES", 1, 24 * 60),
+        magic_link_minutes=integer("MAGIC_LINK_MINUTES", 1, 24 * 60),
+        smtp_address=get("SMTP_ADDRESS"),
+        smtp_port=integer("SMTP_PORT", 1, 65535),
+        smtp_username=smtp_username,
+        smtp_password=smtp_password,
+        smtp_from=smtp_from,
+        smtp_security=security,
+        brand_assets_dir=brand_dir,
+        trusted_proxy=trusted_proxy,
+    )
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _origin(value, name, problems, allow_path=False):
+    """Validate an http(s) URL and return it without a trailing slash."""
+    if not value:
+        return ""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"{name} must be an http:// or https:// URL, not {value!r}")
+    elif not allow_path and parts.path.strip("/"):
+        problems.append(f"{name} must be an origin without a path (put the path in BASE_PATH), not {value!r}")
+    elif parts.query or parts.fragment:
+        problems.append(f"{name} must not carry a query or fragment: {value!r}")
+    return value.rstrip("/")
+
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -1,0 +1,173 @@
+"""Every word the portal shows or mails, in English and Spanish.
+
+`MESSAGES[key] = (english, spanish)`; placeholders use `str.format` names. A test
+checks that both languages carry the same placeholders for every key. Dates are
+formatted here too, because month names are words.
+"""
+
+import datetime
+
+LANGUAGES = ("en", "es")
+DEFAULT_LANGUAGE = "en"
+LANGUAGE_NAMES = {"en": "English", "es": "Español"}
+
+MESSAGES = {
+    # Layout
+    "portal_title": ("Support portal", "Portal de soporte"),
+    "skip_to_content": ("Skip to content", "Saltar al contenido"),
+    "language": ("Language", "Idioma"),
+    "change_language": ("Change", "Cambiar"),
+    "nav_tickets": ("My tickets", "Mis tickets"),
+    "nav_new_ticket": ("New ticket", "Nuevo ticket"),
+    "sign_out": ("Sign out", "Cerrar sesión"),
+    "signed_in_as": ("Signed in as {email}", "Sesión iniciada como {email}"),
+    "logo_alt": ("Home", "Inicio"),
+    # Sign-in
+    "signin_heading": ("Sign in to see your tickets", "Inicia sesión para ver tus tickets"),
+    "signin_intro": ("Enter the e-mail address you use with our support team. We will send you a link to sign in, no password needed.",
+                     "Escribe la dirección de correo que usas con nuestro equipo de soporte. Te enviaremos un enlace para entrar, sin contraseña."),
+    "email_label": ("E-mail address", "Correo electrónico"),
+    "send_link": ("Send me a sign-in link", "Enviarme un enlace de acceso"),
+    "link_sent_heading": ("Check your e-mail", "Revisa tu correo"),
+    "link_sent_body": ("If {email} belongs to one of our customers, a sign-in link is on its way. It works once and expires in {minutes} minutes.",
+                       "Si {email} pertenece a uno de nuestros clientes, te hemos enviado un enlace de acceso. Funciona una sola vez y caduca en {minutes} minutos."),
+    "link_sent_hint": ("No e-mail after a few minutes? Check your spam folder or try again.",
+                       "¿No llega el correo en unos minutos? Revisa la carpeta de spam o vuelve a intentarlo."),
+    "try_another_address": ("Use another address", "Usar otra dirección"),
+    "error_email_required": ("Please enter your e-mail address.", "Escribe tu dirección de correo."),
+    "error_email_invalid": ("That does not look like an e-mail address. Please check it.",
+                            "Eso no parece una dirección de correo. Revísala, por favor."),
+    "error_rate_limited": ("Too many sign-in requests. Please wait a few minutes and try again.",
+                           "Demasiadas solicitudes de acceso. Espera unos minutos y vuelve a intentarlo."),
+    "error_mail_failed": ("We could not send the e-mail right now. Please try again in a few minutes.",
+                          "No hemos podido enviar el correo ahora mismo. Vuelve a intentarlo en unos minutos."),
+    "signin_required": ("Please sign in to continue.", "Inicia sesión para continuar."),
+    "session_expired": ("Your session has ended. Please sign in again.", "Tu sesión ha terminado. Vuelve a iniciar sesión."),
+    "signed_out": ("You have signed out.", "Has cerrado la sesión."),
+    "draft_label": ("Your text was not sent yet. Copy it, sign in, and paste it again:",
+                    "Tu texto aún no se ha enviado. Cópialo, inicia sesión y vuelve a pegarlo:"),
+    # Verify
+    "verify_heading": ("Sign in to the support portal", "Entrar al portal de soporte"),
+    "verify_body": ("Press the button to finish signing in as {email}.", "Pulsa el botón para terminar de entrar como {email}."),
+    "verify_button": ("Sign in", "Entrar"),
+    "link_invalid_heading": ("This sign-in link no longer works", "Este enlace de acceso ya no funciona"),
+    "link_invalid_body": ("Links work once and expire after {minutes} minutes. Ask for a new one below.",
+                          "Los enlaces funcionan una vez y caducan a los {minutes} minutos. Pide uno nuevo aquí abajo."),
+    "request_new_link": ("Get a new link", "Pedir un enlace nuevo"),
+    # Mail
+    "mail_subject": ("Your sign-in link", "Tu enlace de acceso"),
+    "mail_greeting": ("Hello {name},", "Hola, {name}:"),
+    "mail_greeting_anonymous": ("Hello,", "Hola:"),
+    "mail_body": ("Use this link to sign in to the support portal. It works once and expires in {minutes} minutes.",
+                  "Usa este enlace para entrar al portal de soporte. Funciona una sola vez y caduca en {minutes} minutos."),
+    "mail_button": ("Sign in to the support portal", "Entrar al portal de soporte"),
+    "mail_ignore": ("If you did not ask for this, you can ignore this e-mail: nobody can sign in without the link.",
+                    "Si no lo has pedido tú, ignora este correo: nadie puede entrar sin el enlace."),
+    # Dashboard
+    "tickets_heading": ("My tickets", "Mis tickets"),
+    "no_tickets": ("You have no tickets yet.", "Todavía no tienes tickets."),
+    "no_tickets_hint": ("Need help? Open a ticket and our team will answer here.",
+                        "¿Necesitas ayuda? Abre un ticket y nuestro equipo te responderá aquí."),
+    "ticket_number": ("Ticket #{id}", "Ticket n.º {id}"),
+    "last_activity": ("Last activity {when}", "Última actividad {when}"),
+    "column_subject": ("Subject", "Asunto"),
+    "column_status": ("Status", "Estado"),
+    "column_activity": ("Last activity", "Última actividad"),
+    "status_open": ("Open", "Abierto"),
+    "status_pending": ("Pending", "Pendiente"),
+    "status_resolved": ("Resolved", "Resuelto"),
+    "status_snoozed": ("Snoozed", "Pospuesto"),
+    # New ticket
+    "new_ticket_heading": ("Open a new ticket", "Abrir un ticket nuevo"),
+    "subject_label": ("Subject", "Asunto"),
+    "subject_hint": ("A few words about the problem.", "Unas palabras sobre el problema."),
+    "message_label": ("Message", "Mensaje"),
+    "message_hint": ("Tell us what happened and what you expected.", "Cuéntanos qué ha pasado y qué esperabas."),
+    "create_button": ("Send ticket", "Enviar ticket"),
+    "cancel_link": ("Back", "Volver"),
+    "error_subject_required": ("Please write a subject.", "Escribe un asunto."),
+    "error_subject_too_long": ("The subject is too long: at most {limit} characters.",
+                               "El asunto es demasiado largo: como máximo {limit} caracteres."),
+    "error_message_required": ("Please write a message.", "Escribe un mensaje."),
+    "error_message_too_long": ("The message is too long: at most {limit} characters.",
+                               "El mensaje es demasiado largo: como máximo {limit} caracteres."),
+    "ticket_created": ("Your ticket was created. We will answer here soon.", "Tu ticket se ha creado. Te responderemos aquí pronto."),
+    # Ticket page
+    "back_to_tickets": ("All tickets", "Todos los tickets"),
+    "opened_on": ("Opened {when}", "Abierto el {when}"),
+    "you": ("You", "Tú"),
+    "support_team": ("Support team", "Equipo de soporte"),
+    "attachment": ("Attachment: {name}", "Adjunto: {name}"),
+    "no_messages": ("No messages yet.", "Todavía no hay mensajes."),
+    "reply_heading": ("Reply", "Responder"),
+    "reply_label": ("Your reply", "Tu respuesta"),
+    "reply_button": ("Send reply", "Enviar respuesta"),
+    "reply_reopens": ("This ticket is resolved. Sending a reply will reopen it.",
+                      "Este ticket está resuelto. Si envías una respuesta, se volverá a abrir."),
+    "reply_by_email": ("This ticket was opened by e-mail. To add to it, reply to the last e-mail you received from us.",
+                       "Este ticket se abrió por correo. Para añadir algo, responde al último correo que te enviamos."),
+    "reply_sent": ("Your reply was sent.", "Tu respuesta se ha enviado."),
+    "reply_sent_reopened": ("Your reply was sent and the ticket is open again.", "Tu respuesta se ha enviado y el ticket vuelve a estar abierto."),
+    "cancel_heading": ("Cancel this ticket", "Cancelar este ticket"),
+    "cancel_summary": ("Cancel ticket…", "Cancelar ticket…"),
+    "cancel_explain": ("Cancelling marks the ticket as resolved. You can reopen it later by replying.",
+                       "Al cancelarlo, el ticket se marca como resuelto. Puedes reabrirlo más tarde respondiendo."),
+    "cancel_confirm": ("Yes, cancel this ticket", "Sí, cancelar este ticket"),
+    "ticket_cancelled": ("Your ticket was cancelled.", "Tu ticket se ha cancelado."),
+    "ticket_already_resolved": ("This ticket was already resolved.", "Este ticket ya estaba resuelto."),
+    # Errors
+    "error_heading": ("Something went wrong", "Algo ha fallado"),
+    "error_not_found_heading": ("Page not found", "Página no encontrada"),
+    "error_not_found": ("There is nothing here. The ticket may not exist or may belong to another account.",
+                        "Aquí no hay nada. Puede que el ticket no exista o que pertenezca a otra cuenta."),
+    "error_method": ("This page cannot be used that way.", "Esta página no se puede usar así."),
+    "error_too_large_heading": ("That was too much text", "Demasiado texto"),
+    "error_too_large": ("What you sent is larger than we accept. Please shorten it and try again.",
+                        "Lo que has enviado es más grande de lo que aceptamos. Acórtalo y vuelve a intentarlo."),
+    "error_csrf_heading": ("This form has expired", "Este formulario ha caducado"),
+    "error_csrf": ("For your security, the form could not be accepted. Please go back, reload the page and try again.",
+                   "Por tu seguridad, no hemos podido aceptar el formulario. Vuelve atrás, recarga la página e inténtalo de nuevo."),
+    "error_unavailable_heading": ("Our support system is not answering", "Nuestro sistema de soporte no responde"),
+    "error_unavailable": ("We could not reach our support system just now. Nothing you typed is lost: it is below, ready to send again in a moment.",
+                          "No hemos podido contactar con nuestro sistema de soporte. No has perdido nada de lo escrito: está aquí abajo, listo para enviarlo de nuevo en un momento."),
+    "error_unavailable_page": ("We could not reach our support system just now. Please try again in a moment.",
+                               "No hemos podido contactar con nuestro sistema de soporte. Vuelve a intentarlo en un momento."),
+    "error_rejected": ("Our support system did not accept this. Please check what you wrote and try again.",
+                       "Nuestro sistema de soporte no lo ha aceptado. Revisa lo que has escrito e inténtalo de nuevo."),
+    "error_internal": ("An unexpected error happened on our side. Please try again.",
+                       "Ha ocurrido un error inesperado por nuestra parte. Vuelve a intentarlo."),
+    "try_again": ("Try again", "Reintentar"),
+    "go_home": ("Go to my tickets", "Ir a mis tickets"),
+    "go_signin": ("Go to sign-in", "Ir al inicio de sesión"),
+}
+
+MONTHS = {
+    "en": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+    "es": ("ene", "feb", "mar", "abr", "may", "jun", "jul", "ago", "sept", "oct", "nov", "dic"),
+}
+
+
+def choose(lang):
+    """A supported language code for any input; English when unsure."""
+    return lang if lang in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def from_accept_language(header):
+    """The first supported language a browser asks for, else English."""
+    for part in (header or "").split(","):
+        code = part.split(";")[0].strip().lower()[:2]
+        if code in LANGUAGES:
+            return code
+    return DEFAULT_LANGUAGE
+
+
+def translate(lang, key, **values):
+    text = MESSAGES[key][LANGUAGES.index(choose(lang))]
+    return text.format(**values) if values else text
+
+
+def format_time(lang, unix_seconds):
+    """'25 Nov 2026, 16:33 UTC' / '25 nov 2026, 16:33 UTC'. Browsers with JS show local time."""
+    when = datetime.datetime.fromtimestamp(int(unix_seconds or 0), datetime.timezone.utc)
+    month = MONTHS[choose(lang)][when.month - 1]
+    return f"{when.day} {month} {when.year}, {when:%H:%M} UTC"

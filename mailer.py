@@ -1,0 +1,92 @@
+"""The only module that opens SMTP: it sends sign-in mails, in plain text and HTML.
+
+Security follows SMTP_SECURITY: "starttls" (port 587) and "ssl" (port 465) verify the
+server's certificate with the system's trust store; "none" is for a relay on the same
+host. Each send opens its own connection with a timeout, so a stuck mail server costs
+one request a few seconds, never a thread forever. Failures become MailError.
+"""
+
+import email.message
+import email.utils
+import logging
+import smtplib
+import ssl
+import time
+
+log = logging.getLogger("portal.mail")
+
+SMTP_TIMEOUT_SECONDS = 10
+
+
+class MailError(Exception):
+    """The mail could not be handed to the SMTP server."""
+
+
+class Mailer:
+    def __init__(self, config, pseudonym=lambda address: "?"):
+        self._config = config
+        self._pseudonym = pseudonym
+
+    def send(self, to, subject, text, html):
+        message = email.message.EmailMessage()
+        message["From"] = self._config.smtp_from
+        message["To"] = to
+        message["Subject"] = subject
+        message["Date"] = email.utils.formatdate(localtime=False)
+        message["Message-ID"] = email.utils.make_msgid(domain=self._config.smtp_from.rpartition("@")[2] or None)
+        message["Auto-Submitted"] = "auto-generated"  # no out-of-office replies to a robot
+        message.set_content(text)
+        message.add_alternative(html, subtype="html")
+        started = time.monotonic()
+        outcome = "sent"
+        try:
+            with self._open() as smtp:
+                smtp.send_message(message)
+        except (OSError, smtplib.SMTPException) as error:
+            outcome = f"failed ({type(error).__name__})"
+            raise MailError(str(error)) from None
+        finally:
+            log.info("smtp send to=%s %s %.1fms", self._pseudonym(to), outcome, (time.monotonic() - started) * 1000)
+
+    def check(self):
+        """Problems reaching and logging in to the SMTP server (empty: fine)."""
+        try:
+            with self._open() as smtp:
+                smtp.noop()
+        except smtplib.SMTPAuthenticationError:
+            return ["The SMTP server refused SMTP_USERNAME / SMTP_PASSWORD"]
+        except ssl.SSLError as error:
+            return [f"TLS with the SMTP server failed ({error.reason or error}); check SMTP_SECURITY and SMTP_PORT"]
+        except (OSError, smtplib.SMTPException) as error:
+            return [f"Could not reach the SMTP server {self._config.smtp_address}:{self._config.smtp_port}: {error}"]
+        return []
+
+    def _open(self):
+        config = self._config
+        if config.smtp_security == "ssl":
+            smtp = smtplib.SMTP_SSL(config.smtp_address, config.smtp_port, timeout=SMTP_TIMEOUT_SECONDS,
+                                    context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(config.smtp_address, config.smtp_port, timeout=SMTP_TIMEOUT_SECONDS)
+        try:
+            if config.smtp_security == "starttls":
+                smtp.starttls(context=ssl.create_default_context())
+            if config.smtp_username:
+                smtp.login(config.smtp_username, config.smtp_password)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+
+class ConsoleMailer:
+    """Demo mode: prints the mail instead of sending it, so a person can click the link."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def send(self, to, subject, text, html):
+        print(f"\n--- mail to {to}: {subject}\n{text}\n---\n", file=self._stream, flush=True)
+
+    def check(self):
+        return []

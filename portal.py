@@ -1,0 +1,769 @@
+"""The customer portal's HTTP side: entry point, routes, handlers, cookies.
+
+    python portal.py            serve with waitress (configuration: config.py)
+    python portal.py --check    validate the configuration, reach Chatwoot and SMTP
+    python portal.py --demo     serve on an embedded fake Chatwoot; links go to the console
+
+A request reads top to bottom in `Portal.__call__`: parse, match a route in ROUTES,
+check CSRF on every POST, run the handler, turn known errors into localized pages,
+log one line. Handlers parse input, call `chatwoot_client`, render a template; only
+`chatwoot_client` talks to Chatwoot and only `mailer` opens SMTP.
+"""
+
+import argparse
+import hashlib
+import hmac
+import http.cookies
+import ipaddress
+import json
+import logging
+import mimetypes
+import os
+import re
+import secrets
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import jinja2
+
+import i18n
+from chatwoot_client import ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
+from config import HERE, ConfigError, load_config
+from mailer import ConsoleMailer, Mailer, MailError
+from security import MagicLinkStore, RateLimiter, SessionStore, Signer
+
+log = logging.getLogger("portal")
+
+# Form limits. The body cap leaves room for a full-length message in any script
+# (url-encoding can triple UTF-8); nginx.conf.example uses the same figure.
+MAX_BODY_BYTES = 256 * 1024
+SUBJECT_MAX_CHARS = 150
+MESSAGE_MAX_CHARS = 10_000
+EMAIL_MAX_CHARS = 254  # RFC 5321 path limit
+
+# Sign-in requests: per address, so nobody floods one inbox; per client IP, so one
+# client cannot walk through many addresses (or many Chatwoot lookups).
+SIGNIN_PER_ADDRESS = (5, 15 * 60)
+SIGNIN_PER_IP = (20, 15 * 60)
+
+SESSION_COOKIE = "portal_session"
+CSRF_COOKIE = "portal_csrf"
+LANG_COOKIE = "portal_lang"
+LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
+
+# One line per content type; nothing inline, so an injected <script> or style
+# attribute cannot run even if escaping ever failed.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = [
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+]
+
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]{2,}")
+NOTICES = ("signin_required", "session_expired", "signed_out")
+
+STATUS_TEXT = {
+    200: "200 OK", 303: "303 See Other", 400: "400 Bad Request", 403: "403 Forbidden",
+    404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict",
+    413: "413 Content Too Large", 429: "429 Too Many Requests", 500: "500 Internal Server Error",
+    502: "502 Bad Gateway", 503: "503 Service Unavailable",
+}
+
+
+# ---------------------------------------------------------------------------
+# Requests and responses
+# ---------------------------------------------------------------------------
+
+class Response:
+    def __init__(self, status=200, body=b"", content_type="text/html; charset=utf-8", headers=()):
+        self.status = status
+        self.body = body.encode("utf-8") if isinstance(body, str) else body
+        self.headers = [("Content-Type", content_type), *headers]
+
+    def set_cookie(self, name, value, path, secure, max_age=None):
+        cookie = http.cookies.SimpleCookie()
+        cookie[name] = value
+        morsel = cookie[name]
+        morsel["path"] = path
+        morsel["httponly"] = True
+        morsel["samesite"] = "Lax"
+        if secure:
+            morsel["secure"] = True
+        if max_age is not None:
+            morsel["max-age"] = max_age
+        self.headers.append(("Set-Cookie", morsel.OutputString()))
+
+
+class HTTPError(Exception):
+    """A handler's way to answer with a localized error page."""
+
+    def __init__(self, status, heading_key, message_key, headers=()):
+        super().__init__(status)
+        self.status, self.heading_key, self.message_key, self.headers = status, heading_key, message_key, headers
+
+
+class Redirect(Exception):
+    """Raised deep inside a handler (require_session) to send the browser elsewhere."""
+
+    def __init__(self, location):
+        super().__init__(location)
+        self.location = location
+
+
+class Request:
+    def __init__(self, environ, portal):
+        self.environ = environ
+        self.method = environ["REQUEST_METHOD"].upper()
+        self.unsafe_path = environ.get("PATH_INFO", "") or "/"
+        self.query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=20)
+        self.cookies = _parse_cookies(environ.get("HTTP_COOKIE", ""))
+        self.client_ip = _client_ip(environ, portal.config.trusted_proxy)
+        self.form = {}
+        self.route_label = "-"
+        self.session = None
+        self.had_session_cookie = SESSION_COOKIE in self.cookies
+        untrusted_lang = self.cookies.get(LANG_COOKIE)
+        self.lang_from_cookie = untrusted_lang in i18n.LANGUAGES
+        self.lang = untrusted_lang if self.lang_from_cookie else i18n.from_accept_language(environ.get("HTTP_ACCEPT_LANGUAGE"))
+        # A browser-bound random value; forms carry its HMAC (see Portal.csrf_token).
+        self.csrf_seed = self.cookies.get(CSRF_COOKIE) or ""
+        self.new_csrf_seed = not re.fullmatch(r"[A-Za-z0-9_-]{43}", self.csrf_seed)
+        if self.new_csrf_seed:
+            self.csrf_seed = secrets.token_urlsafe(32)
+
+    def arg(self, name):
+        values = self.query.get(name)
+        return values[0] if values else ""
+
+    def field(self, name):
+        values = self.form.get(name)
+        return values[0] if values else ""
+
+    def read_form(self):
+        try:
+            length = int(self.environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise HTTPError(400, "error_heading", "error_method") from None
+        if length > MAX_BODY_BYTES:
+            raise HTTPError(413, "error_too_large_heading", "error_too_large")
+        body = self.environ["wsgi.input"].read(length) if length > 0 else b""
+        content_type = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded":
+            try:
+                text = body.decode("utf-8")
+                self.form = urllib.parse.parse_qs(text, keep_blank_values=True, max_num_fields=50)
+            except (UnicodeDecodeError, ValueError):
+                raise HTTPError(400, "error_heading", "error_method") from None
+
+
+def _parse_cookies(header):
+    cookie = http.cookies.SimpleCookie()
+    try:
+        cookie.load(header)
+    except http.cookies.CookieError:
+        return {}
+    return {name: morsel.value for name, morsel in cookie.items()}
+
+
+def _client_ip(environ, trusted_proxy):
+    """The client's address; X-Forwarded-For counts only when the proxy itself is trusted.
+
+    nginx appends the address it saw to the header, so its last entry is the one
+    the trusted proxy vouches for; anything before it the client could have forged.
+    """
+    remote = environ.get("REMOTE_ADDR", "")
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
+    if forwarded and remote == trusted_proxy:
+        candidate = forwarded.split(",")[-1].strip()
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            pass
+    return remote
+
+
+# ---------------------------------------------------------------------------
+# Routes: (method, pattern, handler name). Patterns match the path below BASE_PATH.
+# ---------------------------------------------------------------------------
+
+ROUTES = [
+    ("GET", r"/", "signin_page"),
+    ("POST", r"/auth/request", "request_link"),
+    ("GET", r"/auth/verify", "verify_page"),
+    ("POST", r"/auth/verify", "verify"),
+    ("GET", r"/dashboard", "dashboard"),
+    ("GET", r"/tickets/new", "new_ticket_page"),
+    ("POST", r"/tickets", "create_ticket"),
+    ("GET", r"/tickets/(?P<ticket_id>[0-9]{1,10})", "ticket_page"),
+    ("POST", r"/tickets/(?P<ticket_id>[0-9]{1,10})/reply", "reply"),
+    ("POST", r"/tickets/(?P<ticket_id>[0-9]{1,10})/cancel", "cancel"),
+    ("POST", r"/lang", "set_language"),
+    ("POST", r"/logout", "logout"),
+    ("GET", r"/healthz", "healthz"),
+    ("GET", r"/static/(?P<name>[A-Za-z0-9_.-]+)", "static_file"),
+    ("GET", r"/brand/(?P<name>logo\.png|favicon\.png)", "brand_file"),
+]
+COMPILED_ROUTES = [(method, re.compile(pattern), handler) for method, pattern, handler in ROUTES]
+
+
+def _route_label(pattern):
+    """`/tickets/(?P<ticket_id>...)/reply` -> `/tickets/:ticket_id/reply` for log lines."""
+    return re.sub(r"\(\?P<(\w+)>[^)]*\)", r":\1", pattern)
+
+
+# ---------------------------------------------------------------------------
+# The application
+# ---------------------------------------------------------------------------
+
+class Portal:
+    def __init__(self, config, client=None, mailer=None, clock=time.time):
+        self.config = config
+        self.signer = Signer(config.session_secret)
+        self.client = client or ChatwootClient(config.chatwoot_url, config.chatwoot_api_token,
+                                               config.chatwoot_account_id, config.chatwoot_timeout)
+        self.mailer = mailer or Mailer(config, self.signer.pseudonym)
+        self.sessions = SessionStore(config.session_idle_minutes * 60, clock)
+        self.magic_links = MagicLinkStore(config.magic_link_minutes * 60, clock)
+        self.limit_by_address = RateLimiter(*SIGNIN_PER_ADDRESS, clock=clock)
+        self.limit_by_ip = RateLimiter(*SIGNIN_PER_IP, clock=clock)
+        self.cookie_path = config.base_path or "/"
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True, auto_reload=False, undefined=jinja2.StrictUndefined,
+            trim_blocks=True, lstrip_blocks=True,
+        )
+        self.templates.globals.update(SUBJECT_MAX_CHARS=SUBJECT_MAX_CHARS, MESSAGE_MAX_CHARS=MESSAGE_MAX_CHARS)
+        # Files are read once: a request never touches the disk.
+        self.static = _load_files((HERE / "static").glob("*.*"))
+        brand = config.brand_assets_dir
+        self.brand = _load_files([brand / "logo.png", brand / "logo_thumbnail.png"])
+        self.brand["favicon.png"] = self.brand.pop("logo_thumbnail.png")
+
+    # -- WSGI entry ---------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        started = time.monotonic()
+        request = Request(environ, self)
+        try:
+            response = self.dispatch(request)
+        except Redirect as jump:
+            response = redirect(jump.location)
+        except HTTPError as error:
+            response = self.error_page(request, error.status, error.heading_key, error.message_key, error.headers)
+        except Exception:  # the outermost boundary: log it whole, show a plain page
+            log.exception("unhandled error in %s %s", request.method, request.route_label)
+            response = self.error_page(request, 500, "error_heading", "error_internal")
+        headers = response.headers + SECURITY_HEADERS
+        if not any(name == "Referrer-Policy" for name, _ in headers):
+            headers.append(("Referrer-Policy", "same-origin"))
+        if not any(name == "Cache-Control" for name, _ in headers):
+            headers.append(("Cache-Control", "no-store"))  # pages carry personal data
+        if request.new_csrf_seed and response.headers[0][1].startswith("text/html"):
+            response.set_cookie(CSRF_COOKIE, request.csrf_seed, self.cookie_path, self.config.secure_cookies)
+            headers.append(response.headers[-1])
+        headers.append(("Content-Length", str(len(response.body))))
+        start_response(STATUS_TEXT.get(response.status, f"{response.status} Error"), headers)
+        log.info("request %s %s %s %.1fms", request.method, request.route_label, response.status,
+                 (time.monotonic() - started) * 1000)
+        return [b"" if request.method == "HEAD" else response.body]
+
+    def dispatch(self, request):
+        base = self.config.base_path
+        path = request.unsafe_path
+        if base and (path == base or not path.startswith(base + "/")):
+            if path in ("/", base):
+                return redirect(base + "/")
+            raise HTTPError(404, "error_not_found_heading", "error_not_found")
+        path = path[len(base):]
+        method = "GET" if request.method == "HEAD" else request.method
+        allowed = []
+        for route_method, pattern, handler_name in COMPILED_ROUTES:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if route_method != method:
+                allowed.append(route_method)
+                continue
+            request.route_label = _route_label(pattern.pattern)
+            if method == "POST":
+                request.read_form()
+                if not self.csrf_valid(request):
+                    log.warning("csrf check failed for POST %s from %s", request.route_label, request.client_ip)
+                    raise HTTPError(403, "error_csrf_heading", "error_csrf")
+            request.session = self.current_session(request)
+            return getattr(self, handler_name)(request, **match.groupdict())
+        if allowed:
+            raise HTTPError(405, "error_heading", "error_method", [("Allow", ", ".join(sorted(set(allowed))))])
+        raise HTTPError(404, "error_not_found_heading", "error_not_found")
+
+    # -- Cookies, CSRF, sessions -------------------------------------------
+
+    def csrf_token(self, request):
+        return self.signer.signature("csrf", request.csrf_seed)
+
+    def csrf_valid(self, request):
+        if request.new_csrf_seed:
+            return False  # no cookie: the form did not come from this browser's page
+        return hmac.compare_digest(request.field("csrf_token"), self.csrf_token(request))
+
+    def current_session(self, request):
+        session_id = self.signer.unsign("session", request.cookies.get(SESSION_COOKIE))
+        return self.sessions.get(session_id) if session_id else None
+
+    def require_session(self, request):
+        if request.session is None:
+            notice = "session_expired" if request.had_session_cookie else "signin_required"
+            next_path = request.unsafe_path[len(self.config.base_path):]
+            raise Redirect(self.url("/?" + urllib.parse.urlencode({"next": next_path, "notice": notice})))
+        return request.session
+
+    def url(self, path):
+        return self.config.base_path + path
+
+    # -- Rendering ----------------------------------------------------------
+
+    def render(self, request, template, status=200, headers=(), **context):
+        lang = request.lang
+        session = request.session
+        page = self.templates.get_template(template).render(
+            lang=lang,
+            languages=i18n.LANGUAGES,
+            language_names=i18n.LANGUAGE_NAMES,
+            t=lambda key, **values: i18n.translate(lang, key, **values),
+            when=lambda seconds: i18n.format_time(lang, seconds),
+            iso=_iso,
+            url=self.url,
+            static=lambda name: self.url(f"/static/{name}?v={self.static[name][1]}"),
+            logo_url=self.url(f"/brand/logo.png?v={self.brand['logo.png'][1]}"),
+            favicon_url=self.url(f"/brand/favicon.png?v={self.brand['favicon.png'][1]}"),
+            csrf_token=self.csrf_token(request),
+            user=session,
+            flash=self.sessions.pop_flash(session) if session else "",
+            here=request.unsafe_path[len(self.config.base_path):] or "/",
+            **context,
+        )
+        return Response(status, page, headers=headers)
+
+    def error_page(self, request, status, heading_key, message_key, headers=()):
+        try:
+            request.session = request.session or self.current_session(request)
+            return self.render(request, "error.html", status, headers, heading_key=heading_key,
+                               message_key=message_key, retry="")
+        except Exception:  # a broken template must still not show a traceback
+            log.exception("error page failed")
+            return Response(status, "Error", "text/plain; charset=utf-8", headers)
+
+    # -- Sign-in ------------------------------------------------------------
+
+    def signin_page(self, request):
+        if request.session:
+            return redirect(self.url("/dashboard"))
+        notice = request.arg("notice")
+        return self.render(request, "signin.html", email="", error="",
+                           next_path=_safe_next(request.arg("next")),
+                           notice=notice if notice in NOTICES else "")
+
+    def request_link(self, request):
+        untrusted_email = request.field("email")
+        next_path = _safe_next(request.field("next"))
+
+        def form_again(status, error):
+            return self.render(request, "signin.html", status, email=untrusted_email[:EMAIL_MAX_CHARS],
+                               error=error, next_path=next_path, notice="")
+
+        email = untrusted_email.strip().lower()
+        if not email:
+            return form_again(400, "error_email_required")
+        if len(email) > EMAIL_MAX_CHARS or not EMAIL_PATTERN.fullmatch(email):
+            return form_again(400, "error_email_invalid")
+        pseudonym = self.signer.pseudonym(email)
+        if not self.limit_by_ip.hit(request.client_ip) or not self.limit_by_address.hit(email):
+            log.warning("sign-in rate limit reached email=%s ip=%s", pseudonym, request.client_ip)
+            return form_again(429, "error_rate_limited")
+        try:
+            contact = self.client.find_contact_by_email(email)
+        except ChatwootError as error:
+            log.warning("contact lookup failed: %s", error)
+            return form_again(503, "error_unavailable_page")
+        if contact is None:
+            log.info("sign-in link not sent: no contact email=%s", pseudonym)
+        else:
+            token = self.magic_links.issue(contact.id, contact.email, contact.name, request.lang, next_path)
+            try:
+                self.send_link(request.lang, contact, token)
+            except MailError as error:
+                log.warning("sign-in mail failed email=%s: %s", pseudonym, error)
+                return form_again(503, "error_mail_failed")
+            log.info("sign-in link sent email=%s contact=%s", pseudonym, contact.id)
+        # The same page whether or not the address is a contact: no enumeration.
+        return self.render(request, "signin_sent.html", email=email,
+                           minutes=self.config.magic_link_minutes)
+
+    def send_link(self, lang, contact, token):
+        link = self.config.public_url("/auth/verify?" + urllib.parse.urlencode({"token": token}))
+        context = dict(
+            lang=lang, link=link, name=contact.name, minutes=self.config.magic_link_minutes,
+            t=lambda key, **values: i18n.translate(lang, key, **values),
+        )
+        text = self.templates.get_template("email_link.txt").render(context)
+        html = self.templates.get_template("email_link.html").render(context)
+        self.mailer.send(contact.email, i18n.translate(lang, "mail_subject"), text, html)
+
+    def verify_page(self, request):
+        # GET never consumes the token: mail scanners prefetch links.
+        link = self.magic_links.peek(request.arg("token"))
+        no_referrer = [("Referrer-Policy", "no-referrer")]
+        if link is None:
+            return self.render(request, "link_invalid.html", 400, no_referrer,
+                               minutes=self.config.magic_link_minutes)
+        return self.render(request, "verify.html", headers=no_referrer, token=request.arg("token"), email=link.email)
+
+    def verify(self, request):
+        link = self.magic_links.consume(request.field("token"))
+        no_referrer = [("Referrer-Policy", "no-referrer")]
+        if link is None:
+            return self.render(request, "link_invalid.html", 400, no_referrer,
+                               minutes=self.config.magic_link_minutes)
+        if request.session:
+            self.sessions.delete(request.session.id)
+        # Always a new id: a session id planted before sign-in is worthless after it.
+        session = self.sessions.create(link.contact_id, link.email, link.name)
+        log.info("signed in contact=%s email=%s", link.contact_id, self.signer.pseudonym(link.email))
+        response = redirect(self.url(link.next_path or "/dashboard"))
+        response.set_cookie(SESSION_COOKIE, self.signer.sign("session", session.id), self.cookie_path,
+                            self.config.secure_cookies)
+        if not request.lang_from_cookie:
+            response.set_cookie(LANG_COOKIE, link.lang, self.cookie_path, self.config.secure_cookies,
+                                LANG_COOKIE_MAX_AGE)
+        return response
+
+    def logout(self, request):
+        if request.session:
+            self.sessions.delete(request.session.id)
+        response = redirect(self.url("/?notice=signed_out"))
+        response.set_cookie(SESSION_COOKIE, "", self.cookie_path, self.config.secure_cookies, max_age=0)
+        return response
+
+    def set_language(self, request):
+        lang = request.field("lang")
+        if lang not in i18n.LANGUAGES:
+            raise HTTPError(400, "error_heading", "error_method")
+        response = redirect(self.url(_safe_next(request.field("next")) or "/"))
+        response.set_cookie(LANG_COOKIE, lang, self.cookie_path, self.config.secure_cookies, LANG_COOKIE_MAX_AGE)
+        return response
+
+    # -- Tickets ------------------------------------------------------------
+
+    def dashboard(self, request):
+        session = self.require_session(request)
+        try:
+            tickets = self.client.list_tickets(session.contact_id)
+        except ChatwootNotFound:
+            return self.contact_gone(request)
+        except ChatwootError as error:
+            return self.unavailable(request, error)
+        return self.render(request, "dashboard.html", tickets=tickets)
+
+    def new_ticket_page(self, request):
+        self.require_session(request)
+        return self.render(request, "ticket_new.html", subject="", message="", errors={},
+                           form_id=secrets.token_urlsafe(16))
+
+    def create_ticket(self, request):
+        untrusted_subject = request.field("subject")
+        untrusted_message = request.field("message")
+        form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
+        if request.session is None:
+            return self.signin_with_draft(request, "/tickets/new", untrusted_message)
+        session = request.session
+
+        def form_again(status, errors=None, problem=""):
+            return self.render(request, "ticket_new.html", status, subject=untrusted_subject,
+                               message=untrusted_message, errors=errors or {}, problem=problem,
+                               form_id=form_id)
+
+        subject, message = untrusted_subject.strip(), untrusted_message.strip()
+        errors = {}
+        if not subject:
+            errors["subject"] = i18n.translate(request.lang, "error_subject_required")
+        elif len(subject) > SUBJECT_MAX_CHARS:
+            errors["subject"] = i18n.translate(request.lang, "error_subject_too_long", limit=SUBJECT_MAX_CHARS)
+        if not message:
+            errors["message"] = i18n.translate(request.lang, "error_message_required")
+        elif len(message) > MESSAGE_MAX_CHARS:
+            errors["message"] = i18n.translate(request.lang, "error_message_too_long", limit=MESSAGE_MAX_CHARS)
+        if errors:
+            return form_again(400, errors)
+        # A second copy of the same form (double click, resubmit) waits for the
+        # first and lands on the same ticket instead of creating another.
+        done = self.sessions.once(session, form_id)
+        with done.lock:
+            if done.result is None:
+                try:
+                    ticket = self.client.create_ticket(session.contact_id, self.config.chatwoot_inbox_id, subject, message)
+                except ChatwootUnavailable as error:
+                    log.warning("create ticket failed: %s", error)
+                    return form_again(503, problem="error_unavailable")
+                except ChatwootError as error:
+                    log.error("Chatwoot refused a new ticket (check CHATWOOT_INBOX_ID): %s", error)
+                    return form_again(502, problem="error_rejected")
+                done.result = ticket.id
+                session.flash = "ticket_created"
+                log.info("ticket created ticket=%s contact=%s", ticket.id, session.contact_id)
+        return redirect(self.url(f"/tickets/{done.result}"))
+
+    def ticket_page(self, request, ticket_id):
+        session = self.require_session(request)
+        return self.render_ticket(request, session, int(ticket_id))
+
+    def render_ticket(self, request, session, ticket_id, status=200, reply="", error=""):
+        try:
+            ticket, thread = self.client.get_ticket_with_thread(ticket_id)
+        except ChatwootNotFound:
+            raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+        except ChatwootError as failure:
+            if reply:
+                return self.reply_form_again(request, ticket_id, reply, failure)
+            return self.unavailable(request, failure)
+        self.check_owner(ticket, session)
+        first = next((m.content for m in thread if m.content.strip()), "")
+        title = ticket.subject or _excerpt(first) or i18n.translate(request.lang, "ticket_number", id=ticket.id)
+        return self.render(request, "ticket.html", status, ticket=ticket, title=title, thread=thread,
+                           reply=reply, error=error, form_id=secrets.token_urlsafe(16))
+
+    def reply(self, request, ticket_id):
+        ticket_id = int(ticket_id)
+        untrusted_message = request.field("message")
+        if request.session is None:
+            return self.signin_with_draft(request, f"/tickets/{ticket_id}", untrusted_message)
+        session = request.session
+        message = untrusted_message.strip()
+        if not message:
+            return self.render_ticket(request, session, ticket_id, 400, error="error_message_required")
+        if len(message) > MESSAGE_MAX_CHARS:
+            return self.render_ticket(request, session, ticket_id, 400, untrusted_message,
+                                      error=i18n.translate(request.lang, "error_message_too_long", limit=MESSAGE_MAX_CHARS))
+        done = self.sessions.once(session, request.field("form_id")[:64] or secrets.token_urlsafe(16))
+        with done.lock:
+            if done.result is None:
+                try:
+                    ticket = self.client.get_ticket(ticket_id)
+                    self.check_owner(ticket, session)
+                    if not ticket.accepts_replies:
+                        return self.render_ticket(request, session, ticket_id, 409)
+                    self.client.add_customer_message(ticket_id, message)
+                except ChatwootNotFound:
+                    raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+                except ChatwootError as failure:
+                    return self.reply_form_again(request, ticket_id, untrusted_message, failure)
+                reopened = ticket.status in ("resolved", "snoozed")
+                session.flash = "reply_sent_reopened" if reopened else "reply_sent"
+                done.result = ticket_id
+                log.info("reply added ticket=%s contact=%s", ticket_id, session.contact_id)
+        return redirect(self.url(f"/tickets/{ticket_id}#latest"))
+
+    def cancel(self, request, ticket_id):
+        ticket_id = int(ticket_id)
+        session = self.require_session(request)
+        try:
+            ticket = self.client.get_ticket(ticket_id)
+            self.check_owner(ticket, session)
+            if ticket.status == "resolved":
+                session.flash = "ticket_already_resolved"
+            else:
+                self.client.resolve(ticket_id)
+                session.flash = "ticket_cancelled"
+                log.info("ticket cancelled ticket=%s contact=%s", ticket_id, session.contact_id)
+        except ChatwootNotFound:
+            raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+        except ChatwootError as failure:
+            return self.unavailable(request, failure)
+        return redirect(self.url(f"/tickets/{ticket_id}"))
+
+    def check_owner(self, ticket, session):
+        """Someone else's ticket answers exactly like a missing one: 404."""
+        if ticket.contact_id != session.contact_id:
+            log.warning("ticket %s refused to contact %s (not the owner)", ticket.id, session.contact_id)
+            raise HTTPError(404, "error_not_found_heading", "error_not_found")
+
+    # -- Failure pages that keep what was typed ------------------------------
+
+    def unavailable(self, request, failure):
+        log.warning("Chatwoot unavailable for %s %s: %s", request.method, request.route_label, failure)
+        status = 503 if isinstance(failure, ChatwootUnavailable) else 502
+        retry = request.unsafe_path if request.method == "GET" else ""
+        return self.render(request, "error.html", status, heading_key="error_unavailable_heading",
+                           message_key="error_unavailable_page", retry=retry)
+
+    def reply_form_again(self, request, ticket_id, untrusted_message, failure):
+        log.warning("reply failed for ticket %s: %s", ticket_id, failure)
+        status = 503 if isinstance(failure, ChatwootUnavailable) else 502
+        return self.render(request, "reply_retry.html", status, ticket_id=ticket_id,
+                           reply=untrusted_message, form_id=request.field("form_id")[:64],
+                           problem="error_unavailable" if status == 503 else "error_rejected")
+
+    def signin_with_draft(self, request, next_path, untrusted_draft):
+        """The session ended while the customer typed: ask to sign in, show the text to copy."""
+        notice = "session_expired" if request.had_session_cookie else "signin_required"
+        return self.render(request, "signin.html", 401, email="", error="", next_path=next_path,
+                           notice=notice, draft=untrusted_draft)
+
+    def contact_gone(self, request):
+        self.sessions.delete(request.session.id)
+        return redirect(self.url("/?notice=session_expired"))
+
+    # -- Files and health ---------------------------------------------------
+
+    def healthz(self, request):
+        return Response(200, json.dumps({"status": "ok"}), "application/json")
+
+    def static_file(self, request, name):
+        return _file_response(self.static, name, request.arg("v"))
+
+    def brand_file(self, request, name):
+        return _file_response(self.brand, name, request.arg("v"))
+
+
+def redirect(location):
+    return Response(303, b"", "text/plain; charset=utf-8", [("Location", location)])
+
+
+def _safe_next(untrusted_path):
+    """A path inside the portal to return to after sign-in, or "" for the default.
+
+    Only our own GET pages qualify, so a crafted link cannot bounce a freshly
+    signed-in customer to another site (`//evil.example`, `/\\evil`) or to a POST route.
+    """
+    path = (untrusted_path or "").strip()
+    if path in ("/dashboard", "/tickets/new") or re.fullmatch(r"/tickets/[0-9]{1,10}", path):
+        return path
+    return ""
+
+
+def _excerpt(text, limit=80):
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _iso(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds or 0)))
+
+
+def _load_files(paths):
+    """name -> (bytes, short content hash, content type), read once at start."""
+    files = {}
+    for path in paths:
+        data = Path(path).read_bytes()
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type == "application/javascript":
+            content_type += "; charset=utf-8"
+        files[path.name] = (data, hashlib.sha256(data).hexdigest()[:12], content_type)
+    return files
+
+
+def _file_response(files, name, requested_version):
+    entry = files.get(name)
+    if entry is None:
+        raise HTTPError(404, "error_not_found_heading", "error_not_found")
+    data, version, content_type = entry
+    # A versioned URL never changes content, so browsers may keep it for a year.
+    cache = "public, max-age=31536000, immutable" if requested_version == version else "public, max-age=300"
+    return Response(200, data, content_type, [("Cache-Control", cache), ("ETag", f'"{version}"')])
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def configure_logging():
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(app, config):
+    import waitress
+
+    log.info("portal listening on http://%s:%s%s/ (public URL %s)", config.host, config.port,
+             config.base_path, config.public_url("/"))
+    # The portal spends its time waiting on Chatwoot, not computing: more threads
+    # than cores keep pages flowing while some wait, and the connection limit
+    # bounds memory. waitress rejects bodies above our form limit itself.
+    waitress.serve(app, host=config.host, port=config.port, threads=16, connection_limit=200,
+                   channel_timeout=30, max_request_body_size=MAX_BODY_BYTES, ident="portal",
+                   clear_untrusted_proxy_headers=False)
+
+
+def check(config):
+    """Print what is wrong with the configuration and the services; True when all is well."""
+    problems = []
+    client = ChatwootClient(config.chatwoot_url, config.chatwoot_api_token, config.chatwoot_account_id,
+                            config.chatwoot_timeout)
+    problems += client.check(config.chatwoot_inbox_id)
+    client.close()
+    print(("FAIL" if problems else "ok  ") + f"  Chatwoot at {config.chatwoot_url}, account {config.chatwoot_account_id}, inbox {config.chatwoot_inbox_id}")
+    smtp_problems = Mailer(config).check()
+    print(("FAIL" if smtp_problems else "ok  ") + f"  SMTP {config.smtp_address}:{config.smtp_port} ({config.smtp_security})")
+    problems += smtp_problems
+    for problem in problems:
+        print(f"  - {problem}")
+    return not problems
+
+
+def demo_environment(environ, fake):
+    """Settings for --demo: the fake Chatwoot, a throwaway secret, console mail."""
+    seeded = fake.seed_demo()
+    settings = dict(environ)
+    port = settings.get("PORT") or "3001"
+    host = settings.get("HOST") or "127.0.0.1"
+    settings.update(
+        CHATWOOT_URL=fake.url, CHATWOOT_API_TOKEN=fake.token, CHATWOOT_ACCOUNT_ID=str(fake.account_id),
+        CHATWOOT_INBOX_ID=str(seeded["api_inbox_id"]), SMTP_ADDRESS="localhost", SMTP_SECURITY="none",
+        SMTP_USERNAME="", SMTP_PASSWORD="", SMTP_FROM="support@example.com",
+    )
+    settings.setdefault("PORTAL_URL", f"http://{host}:{port}")
+    settings.setdefault("SESSION_SECRET", secrets.token_hex(32))
+    return settings, seeded
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Customer portal for Chatwoot")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="validate the configuration, reach Chatwoot and SMTP, then exit")
+    mode.add_argument("--demo", action="store_true", help="run on an embedded fake Chatwoot; sign-in links are printed")
+    args = parser.parse_args(argv)
+    configure_logging()
+    environ = dict(os.environ)
+    mailer = None
+    if args.demo:
+        from fake_chatwoot import FakeChatwoot
+
+        fake = FakeChatwoot().start()
+        environ, seeded = demo_environment(environ, fake)
+        mailer = ConsoleMailer(sys.stdout)
+    try:
+        config = load_config(environ, dotenv_path=None if args.demo else ".env")
+    except ConfigError as error:
+        print("The portal cannot start; fix these settings (environment or .env):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("Configuration: ok")
+        return 0 if check(config) else 1
+    if args.demo:
+        emails = ", ".join(sorted(seeded["contacts"]))
+        print(f"\nDemo mode: open {config.public_url('/')} and sign in as one of: {emails}\n"
+              "Sign-in links are printed below instead of being mailed.\n", flush=True)
+    serve(Portal(config, mailer=mailer), config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

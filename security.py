@@ -1,0 +1,254 @@
+"""Signed values, sessions, sign-in tokens and rate limits: the portal's trust state.
+
+Everything lives in memory, guarded by one lock per store because waitress runs
+handlers on several threads. Each store takes a `clock` so tests move time instead
+of waiting for it, and sweeps its expired entries under the same lock.
+
+* Signer: HMAC-SHA256 with a purpose ("session", "csrf", ...) mixed into every
+  signature, so a value signed for one purpose is never accepted for another.
+* SessionStore: random session ids, rolling idle expiry.
+* MagicLinkStore: 32-byte random tokens, kept only as their SHA-256, single use.
+* RateLimiter: sliding-window counts per key, with a hard cap on the keys it keeps.
+"""
+
+import base64
+import collections
+import dataclasses
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+
+SWEEP_INTERVAL_SECONDS = 60
+
+
+def _b64(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+class Signer:
+    """Signs short ASCII strings as `value.signature`; verifies in constant time."""
+
+    def __init__(self, secret):
+        self._key = hashlib.sha256(("chatwoot-portal|" + secret).encode("utf-8")).digest()
+
+    def signature(self, purpose, value):
+        mac = hmac.new(self._key, f"{purpose}|{value}".encode("utf-8"), hashlib.sha256)
+        return _b64(mac.digest())
+
+    def sign(self, purpose, value):
+        return f"{value}.{self.signature(purpose, value)}"
+
+    def unsign(self, purpose, untrusted_signed):
+        """The value, or None when the signature does not match."""
+        value, sep, signature = (untrusted_signed or "").rpartition(".")
+        if not sep or not value:
+            return None
+        if hmac.compare_digest(signature, self.signature(purpose, value)):
+            return value
+        return None
+
+    def pseudonym(self, email):
+        """A stable, keyed hash of an address for log lines: correlatable, not reversible."""
+        return self.signature("log-email", email.lower())[:12]
+
+
+# ---------------------------------------------------------------------------
+# Sessions
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Session:
+    id: str
+    contact_id: int
+    email: str
+    name: str
+    last_seen: float
+    flash: str = ""
+    # form_id -> DoneOnce, so a double-submitted form acts once (see `once`).
+    forms: dict = dataclasses.field(default_factory=dict)
+
+
+class DoneOnce:
+    """The outcome of one submitted form, shared by its duplicates."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.result = None
+
+
+MAX_FORMS_PER_SESSION = 32
+
+
+class SessionStore:
+    def __init__(self, idle_seconds, clock=time.time):
+        self.idle_seconds = idle_seconds
+        self._clock = clock
+        self._sessions = {}
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
+
+    def create(self, contact_id, email, name):
+        session = Session(secrets.token_urlsafe(32), contact_id, email, name, self._clock())
+        with self._lock:
+            self._sweep_if_due()
+            self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id):
+        """The live session, its idle timer restarted; None when unknown or expired."""
+        now = self._clock()
+        with self._lock:
+            self._sweep_if_due()
+            session = self._sessions.get(session_id)
+            if session is None:
+                return None
+            if now - session.last_seen > self.idle_seconds:
+                del self._sessions[session_id]
+                return None
+            session.last_seen = now
+            return session
+
+    def delete(self, session_id):
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def once(self, session, form_id):
+        """The DoneOnce for this form of this session (created on first use)."""
+        with self._lock:
+            done = session.forms.get(form_id)
+            if done is None:
+                if len(session.forms) >= MAX_FORMS_PER_SESSION:
+                    session.forms.pop(next(iter(session.forms)))
+                done = session.forms[form_id] = DoneOnce()
+            return done
+
+    def pop_flash(self, session):
+        with self._lock:
+            flash, session.flash = session.flash, ""
+            return flash
+
+    def __len__(self):
+        with self._lock:
+            return len(self._sessions)
+
+    def _sweep_if_due(self):
+        now = self._clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL_SECONDS
+        expired = [sid for sid, s in self._sessions.items() if now - s.last_seen > self.idle_seconds]
+        for sid in expired:
+            del self._sessions[sid]
+
+
+# ---------------------------------------------------------------------------
+# Magic links
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MagicLink:
+    contact_id: int
+    email: str
+    name: str
+    lang: str
+    next_path: str
+    expires: float
+
+
+# Outstanding links are few (a handful per known address, rate-limited); this cap
+# only guards memory if the limits are ever misconfigured.
+MAX_MAGIC_LINKS = 50_000
+
+
+class MagicLinkStore:
+    def __init__(self, ttl_seconds, clock=time.time):
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._links = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
+
+    @staticmethod
+    def _digest(token):
+        return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+    def issue(self, contact_id, email, name, lang, next_path):
+        """A new token; only its hash is kept, so a memory dump cannot sign anyone in."""
+        token = secrets.token_urlsafe(32)
+        link = MagicLink(contact_id, email, name, lang, next_path, self._clock() + self.ttl_seconds)
+        with self._lock:
+            self._sweep_if_due()
+            while len(self._links) >= MAX_MAGIC_LINKS:
+                self._links.popitem(last=False)
+            self._links[self._digest(token)] = link
+        return token
+
+    def peek(self, untrusted_token):
+        """The link if the token is valid now, without using it up (for the GET page)."""
+        with self._lock:
+            link = self._links.get(self._digest(untrusted_token or ""))
+        if link is None or link.expires < self._clock():
+            return None
+        return link
+
+    def consume(self, untrusted_token):
+        """The link if the token is valid now; the token can never be used again."""
+        with self._lock:
+            link = self._links.pop(self._digest(untrusted_token or ""), None)
+        if link is None or link.expires < self._clock():
+            return None
+        return link
+
+    def __len__(self):
+        with self._lock:
+            return len(self._links)
+
+    def _sweep_if_due(self):
+        now = self._clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL_SECONDS
+        for digest in [d for d, link in self._links.items() if link.expires < now]:
+            del self._links[digest]
+
+
+# ---------------------------------------------------------------------------
+# Rate limits
+# ---------------------------------------------------------------------------
+
+class RateLimiter:
+    """At most `limit` hits per key within `window` seconds.
+
+    Memory is bounded: at most `max_keys` keys are tracked, the least recently
+    hit dropped first. A flood of distinct keys therefore evicts old entries
+    rather than growing the dict; per-IP limits stop such a flood from one client.
+    """
+
+    def __init__(self, limit, window, max_keys=10_000, clock=time.time):
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._clock = clock
+        self._hits = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def hit(self, key):
+        """Count one attempt; True when it is within the limit."""
+        now = self._clock()
+        with self._lock:
+            times = self._hits.pop(key, None) or collections.deque()
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            allowed = len(times) < self.limit
+            if allowed:
+                times.append(now)
+            self._hits[key] = times
+            while len(self._hits) > self.max_keys:
+                self._hits.popitem(last=False)
+            return allowed
+
+    def __len__(self):
+        with self._lock:
+            return len(self._hits)

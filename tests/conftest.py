@@ -1,0 +1,154 @@
+"""Fixtures: a fake Chatwoot, a real SMTP server and the portal, each on a real socket."""
+
+import email
+import email.policy
+import re
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import waitress.server
+from aiosmtpd.controller import Controller
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from browser import Browser  # noqa: E402
+from config import load_config  # noqa: E402
+from fake_chatwoot import FakeChatwoot  # noqa: E402
+from portal import Portal  # noqa: E402
+
+BASE = "/portal"
+SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, start=1_800_000_000.0):
+        self.now = start
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+class MailCatcher:
+    """aiosmtpd handler keeping every message; `fail_with` makes it refuse mail."""
+
+    def __init__(self):
+        self.messages = []
+        self.fail_with = None
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.fail_with:
+            return self.fail_with
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def link_for(self, address):
+        """The sign-in link of the newest mail to `address`."""
+        for message in reversed(self.messages):
+            if message["To"] == address:
+                text = message.get_body(("plain",)).get_content()
+                return re.search(r"https?://\S+/auth/verify\?token=[\w-]+", text).group(0)
+        raise AssertionError(f"no mail to {address}; mailed: {[m['To'] for m in self.messages]}")
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def fake():
+    server = FakeChatwoot(token="test-token").start()
+    server.api_inbox = server.add_inbox("Customer Portal", "Channel::Api")
+    server.email_inbox = server.add_inbox("Support email", "Channel::Email")
+    server.jane = server.add_contact("Jane Doe", "jane@example.com")
+    server.bob = server.add_contact("Bob Stone", "bob@example.com")
+    server.ann = server.add_contact("Ann Lee", "ann@example.com")
+    server.joann = server.add_contact("Joann Park", "joann@example.com")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp():
+    catcher = MailCatcher()
+    # aiosmtpd's Controller connects to its own port to confirm start-up, so it
+    # needs a concrete port rather than 0.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        catcher.port = probe.getsockname()[1]
+    controller = Controller(catcher, hostname="127.0.0.1", port=catcher.port)
+    controller.start()
+    catcher.controller = controller
+    yield catcher
+    controller.stop()
+
+
+def portal_settings(fake, smtp, **overrides):
+    settings = {
+        "PORT": "3001",
+        "BASE_PATH": BASE,
+        "PORTAL_URL": "http://portal.test",
+        "CHATWOOT_URL": fake.url,
+        "CHATWOOT_API_TOKEN": fake.token,
+        "CHATWOOT_ACCOUNT_ID": str(fake.account_id),
+        "CHATWOOT_INBOX_ID": str(fake.api_inbox),
+        "CHATWOOT_TIMEOUT": "1",
+        "SESSION_SECRET": SECRET,
+        "SMTP_ADDRESS": "127.0.0.1",
+        "SMTP_PORT": str(smtp.port),
+        "SMTP_SECURITY": "none",
+        "SMTP_FROM": "support@example.com",
+    }
+    settings.update(overrides)
+    return settings
+
+
+class RunningPortal:
+    def __init__(self, app, server):
+        self.app, self.server = app, server
+        self.port = server.effective_port
+
+    def browser(self, **headers):
+        return Browser("127.0.0.1", self.port, headers)
+
+    def url(self, path):
+        return BASE + path
+
+
+def start_portal(settings, clock):
+    config = load_config(settings, dotenv_path=None)
+    app = Portal(config, clock=clock)
+    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    return RunningPortal(app, server)
+
+
+@pytest.fixture
+def portal(fake, smtp, clock):
+    running = start_portal(portal_settings(fake, smtp), clock)
+    yield running
+    running.server.close()
+    running.app.client.close()
+
+
+def sign_in(portal, smtp, address, browser=None):
+    """The whole magic-link journey; returns the signed-in browser and its dashboard page."""
+    browser = browser or portal.browser()
+    page = browser.get(portal.url("/"))
+    page = browser.submit(page, "/auth/request", email=address)
+    assert page.status == 200, page.text
+    link = smtp.link_for(address)
+    page = browser.get(link.replace("http://portal.test", ""))
+    assert page.status == 200, page.text
+    page = browser.submit(page, "/auth/verify")
+    return browser, page

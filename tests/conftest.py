@@ -89,7 +89,8 @@ def smtp():
     controller.start()
     catcher.controller = controller
     yield catcher
-    controller.stop(no_assert=True)  # a test may have stopped it already
+    if controller._thread is not None:  # a test may have stopped it already
+        controller.stop()
 
 
 def portal_settings(fake, smtp, **overrides):

@@ -89,8 +89,12 @@ class Ticket:
 
     @property
     def accepts_replies(self):
-        """Chatwoot takes customer messages only in API inboxes (contract §7)."""
-        return self.channel == API_CHANNEL
+        """Chatwoot takes customer messages only in API inboxes (contract §7).
+
+        A conversation that does not name its channel gets the reply form: the
+        worst case is Chatwoot's own 422, which the portal shows as a refusal.
+        """
+        return self.channel in (API_CHANNEL, "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,14 +241,18 @@ class ChatwootClient:
         return messages
 
     def create_ticket(self, contact_id, inbox_id, subject, content):
-        """A new conversation whose first message is the customer's own (incoming)."""
+        """The id of a new conversation whose first message is the customer's own (incoming)."""
         body = {
             "inbox_id": int(inbox_id),
             "contact_id": int(contact_id),
             "additional_attributes": {"mail_subject": subject},
             "message": {"content": content, "message_type": "incoming"},
         }
-        return _require_ticket(self._call("POST", "/conversations", body=body))
+        data = self._call("POST", "/conversations", body=body)
+        try:
+            return int(data["id"])
+        except (KeyError, TypeError, ValueError):
+            raise ChatwootUnavailable("unexpected answer: no conversation id") from None
 
     def add_customer_message(self, conversation_id, content):
         body = {"content": content, "message_type": "incoming", "private": False}

@@ -11,6 +11,7 @@ log one line. Handlers parse input, call `chatwoot_client`, render a template; o
 """
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import http.cookies
@@ -18,6 +19,7 @@ import ipaddress
 import json
 import logging
 import mimetypes
+import random
 import os
 import re
 import secrets
@@ -45,8 +47,9 @@ EMAIL_MAX_CHARS = 254  # RFC 5321 path limit
 
 # Sign-in requests: per address, so nobody floods one inbox; per client IP, so one
 # client cannot walk through many addresses (or many Chatwoot lookups).
-SIGNIN_PER_ADDRESS = (5, 15 * 60)
-SIGNIN_PER_IP = (20, 15 * 60)
+# The IP limit leaves room for an office of customers behind one NAT address.
+SIGNIN_PER_ADDRESS = (8, 15 * 60)
+SIGNIN_PER_IP = (40, 15 * 60)
 
 SESSION_COOKIE = "portal_session"
 CSRF_COOKIE = "portal_csrf"
@@ -223,7 +226,7 @@ def _route_label(pattern):
 # ---------------------------------------------------------------------------
 
 class Portal:
-    def __init__(self, config, client=None, mailer=None, clock=time.time):
+    def __init__(self, config, client=None, mailer=None, clock=time.time, sleep=time.sleep):
         self.config = config
         self.signer = Signer(config.session_secret)
         self.client = client or ChatwootClient(config.chatwoot_url, config.chatwoot_api_token,
@@ -233,6 +236,7 @@ class Portal:
         self.magic_links = MagicLinkStore(config.magic_link_minutes * 60, clock)
         self.limit_by_address = RateLimiter(*SIGNIN_PER_ADDRESS, clock=clock)
         self.limit_by_ip = RateLimiter(*SIGNIN_PER_IP, clock=clock)
+        self.mail_timing = MailTiming(sleep)
         self.cookie_path = config.base_path or "/"
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -394,10 +398,12 @@ class Portal:
             return form_again(503, "error_unavailable_page")
         if contact is None:
             log.info("sign-in link not sent: no contact email=%s", pseudonym)
+            self.mail_timing.imitate()
         else:
             token = self.magic_links.issue(contact.id, contact.email, contact.name, request.lang, next_path)
             try:
-                self.send_link(request.lang, contact, token)
+                with self.mail_timing.measure():
+                    self.send_link(request.lang, contact, token)
             except MailError as error:
                 log.warning("sign-in mail failed email=%s: %s", pseudonym, error)
                 return form_again(503, "error_mail_failed")
@@ -507,16 +513,16 @@ class Portal:
         with done.lock:
             if done.result is None:
                 try:
-                    ticket = self.client.create_ticket(session.contact_id, self.config.chatwoot_inbox_id, subject, message)
+                    ticket_id = self.client.create_ticket(session.contact_id, self.config.chatwoot_inbox_id, subject, message)
                 except ChatwootUnavailable as error:
                     log.warning("create ticket failed: %s", error)
                     return form_again(503, problem="error_unavailable")
                 except ChatwootError as error:
                     log.error("Chatwoot refused a new ticket (check CHATWOOT_INBOX_ID): %s", error)
                     return form_again(502, problem="error_rejected")
-                done.result = ticket.id
+                done.result = ticket_id
                 session.flash = "ticket_created"
-                log.info("ticket created ticket=%s contact=%s", ticket.id, session.contact_id)
+                log.info("ticket created ticket=%s contact=%s", ticket_id, session.contact_id)
         return redirect(self.url(f"/tickets/{done.result}"))
 
     def ticket_page(self, request, ticket_id):
@@ -629,6 +635,33 @@ class Portal:
 
     def brand_file(self, request, name):
         return _file_response(self.brand, name, request.arg("v"))
+
+
+class MailTiming:
+    """Makes "no such contact" take about as long as sending a sign-in mail.
+
+    Without it, the response time tells whether an address is a customer (a mail
+    was sent) even though the page is the same. Unknown addresses wait for a
+    moving average of recent send times, jittered and capped.
+    """
+
+    CAP_SECONDS = 2.0
+
+    def __init__(self, sleep):
+        self._sleep = sleep
+        self._average = 0.0
+        self._random = random.Random()
+
+    @contextlib.contextmanager
+    def measure(self):
+        started = time.monotonic()
+        yield
+        elapsed = time.monotonic() - started
+        self._average = elapsed if not self._average else 0.8 * self._average + 0.2 * elapsed
+
+    def imitate(self):
+        if self._average:
+            self._sleep(min(self.CAP_SECONDS, self._average * self._random.uniform(0.8, 1.2)))
 
 
 def redirect(location):

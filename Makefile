@@ -21,7 +21,7 @@ demo: $(BIN)/.installed-runtime  ## run the portal on an embedded fake Chatwoot
 test: $(BIN)/.installed-test  ## the whole test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/.installed-runtime  ## print the performance figures
+bench: $(BIN)/.installed-test  ## print the performance figures
 	$(BIN)/python bench/bench.py
 
 check: $(BIN)/.installed-runtime  ## validate .env and reach Chatwoot and SMTP

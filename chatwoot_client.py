@@ -320,6 +320,7 @@ class ChatwootClient:
                 connection, reused = self._connection()
                 try:
                     connection.request(method, url, body=payload, headers=headers)
+                    _ack_promptly(connection.sock)
                     response = connection.getresponse()
                     raw = response.read()
                 except (OSError, http.client.HTTPException) as error:
@@ -475,6 +476,21 @@ def _int(value):
         return int(value)
     except (TypeError, ValueError):
         return 0
+
+
+def _ack_promptly(sock):
+    """Acknowledge the answer's first packet at once (Linux TCP_QUICKACK).
+
+    Servers that write headers and body separately with Nagle's algorithm on
+    (Python's http.server, some proxies) hold the body until the headers are
+    acknowledged, and Linux delays that acknowledgement by up to 40 ms: a 40 ms
+    stall on every call. Quick-ack mode must be set again after each request.
+    """
+    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
 
 
 def _route_of(path):

@@ -1,0 +1,267 @@
+"""Benchmark: Chatwoot calls per action, page latency, throughput, overhead, memory.
+
+    python bench/bench.py [--delay-ms 20] [--requests 200] [--concurrency 16] [--flood 20000]
+
+Starts the fake Chatwoot (in this process) answering every API call after
+`--delay-ms`, a real SMTP server, and the portal as a separate process (so its
+memory is its own), signs in, and prints a table. "Overhead" is the page's p50
+minus the upstream delay it cannot avoid (one delay: a ticket page's two calls run
+side by side). Figures vary with the machine; run it twice before comparing.
+"""
+
+import argparse
+import email
+import email.policy
+import http.client
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from aiosmtpd.controller import Controller  # noqa: E402
+
+from browser import Browser  # noqa: E402
+from fake_chatwoot import FakeChatwoot  # noqa: E402
+
+
+class Mailbox:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rss_kib(pid, field="VmRSS"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.fake = FakeChatwoot(token="bench-token").start()
+        self.inbox = self.fake.add_inbox("Customer Portal", "Channel::Api")
+        self.contact = self.fake.add_contact("Jane Doe", "jane@example.com")
+        other = self.fake.add_contact("Bob Stone", "bob@example.com")
+        for n in range(8):
+            ticket = self.fake.add_conversation(self.contact, self.inbox, f"Ticket {n}", "open")
+            for m in range(6):
+                self.fake.add_message(ticket, f"Message {m} of ticket {n}", "incoming" if m % 2 == 0 else "outgoing")
+        self.ticket = ticket  # 6 messages: within one page
+        self.fake.add_conversation(other, self.inbox, "Someone else's", "open")
+        self.mailbox = Mailbox()
+        smtp_port = free_port()
+        self.smtp = Controller(self.mailbox, hostname="127.0.0.1", port=smtp_port)
+        self.smtp.start()
+        self.port = free_port()
+        env = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port), BASE_PATH="/portal",
+                   PORTAL_URL=f"http://127.0.0.1:{self.port}", CHATWOOT_URL=self.fake.url,
+                   CHATWOOT_API_TOKEN=self.fake.token, CHATWOOT_ACCOUNT_ID=str(self.fake.account_id),
+                   CHATWOOT_INBOX_ID=str(self.inbox), SESSION_SECRET="bench-" + "x" * 40,
+                   SMTP_ADDRESS="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_SECURITY="none",
+                   SMTP_FROM="support@example.com", PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "portal.py")], cwd=ROOT, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_for_portal()
+
+    def _wait_for_portal(self):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit("the portal exited at start; run `python portal.py` to see why")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("the portal did not start listening within 30 s")
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.smtp.stop()
+        self.fake.stop()
+
+    def browser(self):
+        return Browser("127.0.0.1", self.port)
+
+    def sign_in(self):
+        browser = self.browser()
+        page = browser.submit(browser.get("/portal/"), "/auth/request", email="jane@example.com")
+        text = self.mailbox.messages[-1].get_body(("plain",)).get_content()
+        link = re.search(r"http://\S+/auth/verify\?token=[\w-]+", text).group(0)
+        page = browser.get(urllib.parse.urlsplit(link)._replace(scheme="", netloc="").geturl())
+        browser.submit(page, "/auth/verify")
+        return browser
+
+    # -- measurements -------------------------------------------------------
+
+    def calls_per_action(self):
+        counts = {}
+
+        def count(name, action):
+            self.fake.reset_calls()
+            action()
+            counts[name] = len(self.fake.calls)
+
+        browser = self.browser()
+        page = browser.get("/portal/")
+        count("request a magic link (known address)",
+              lambda: browser.submit(page, "/auth/request", email="jane@example.com", follow=False))
+        signed_in = self.sign_in()
+        count("dashboard", lambda: signed_in.get("/portal/dashboard"))
+        count("ticket page", lambda: signed_in.get(f"/portal/tickets/{self.ticket}"))
+        ticket_page = signed_in.get(f"/portal/tickets/{self.ticket}")
+        count("reply", lambda: signed_in.submit(ticket_page, f"/tickets/{self.ticket}/reply",
+                                                message="bench reply", follow=False))
+        new_page = signed_in.get("/portal/tickets/new")
+        count("create ticket", lambda: signed_in.submit(new_page, "/tickets", subject="Bench",
+                                                        message="bench", follow=False))
+        ticket_page = signed_in.get(f"/portal/tickets/{self.ticket}")
+        count("cancel", lambda: signed_in.submit(ticket_page, f"/tickets/{self.ticket}/cancel", follow=False))
+        return counts
+
+    def sequential(self, browser, path, n):
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            page = browser.get(path)
+            times.append((time.perf_counter() - started) * 1000)
+            assert page.status == 200, page.status
+        return times
+
+    def concurrent(self, cookies, path, n, concurrency):
+        times, lock = [], threading.Lock()
+        per_worker = max(1, n // concurrency)
+
+        def worker():
+            browser = self.browser()
+            browser.cookies = dict(cookies)
+            mine = self.sequential(browser, path, per_worker)
+            with lock:
+                times.extend(mine)
+
+        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        return times, len(times) / elapsed
+
+    def flood(self, count, concurrency):
+        """Distinct unknown addresses from distinct (forwarded) client addresses."""
+        browser = self.browser()
+        page = browser.get("/portal/")
+        fields = dict(page.form("/auth/request").fields)
+        cookies = dict(browser.cookies)
+        before = rss_kib(self.process.pid)
+        statuses, lock = {}, threading.Lock()
+        per_worker = count // concurrency
+
+        def worker(index):
+            local = {}
+            connection = None
+            for n in range(per_worker):
+                number = index * per_worker + n
+                body = urllib.parse.urlencode({**fields, "email": f"flood{number}@unknown.example"})
+                headers = {"Content-Type": "application/x-www-form-urlencoded",
+                           "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+                           "X-Forwarded-For": f"10.{number >> 16 & 255}.{number >> 8 & 255}.{number & 255}"}
+                connection = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                connection.request("POST", "/portal/auth/request", body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                local[response.status] = local.get(response.status, 0) + 1
+            with lock:
+                for status, seen in local.items():
+                    statuses[status] = statuses.get(status, 0) + seen
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        return before, rss_kib(self.process.pid), statuses, elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="fake Chatwoot delay per call (default 20)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per latency measurement (default 200)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--flood", type=int, default=20_000, help="sign-in requests in the memory flood (default 20000)")
+    args = parser.parse_args()
+    bench = Bench(args)
+    delay = args.delay_ms / 1000
+    try:
+        bench.fake.delay = delay
+        counts = bench.calls_per_action()
+        browser = bench.sign_in()
+        dashboard, ticket = "/portal/dashboard", f"/portal/tickets/{bench.ticket}"
+        bench.sequential(browser, dashboard, 20)  # warm up connections and caches
+        rows = []
+        for name, path in (("dashboard", dashboard), ("ticket page", ticket)):
+            seq = bench.sequential(browser, path, args.requests)
+            conc, rps = bench.concurrent(browser.cookies, path, args.requests * 2, args.concurrency)
+            rows.append((name, seq, conc, rps))
+        bench.fake.delay = 0
+        instant = {name: statistics.median(bench.sequential(browser, path, args.requests))
+                   for name, path in (("dashboard", dashboard), ("ticket page", ticket))}
+        peak_before_flood = rss_kib(bench.process.pid, "VmHWM")
+        flood_before, flood_after, statuses, flood_seconds = bench.flood(args.flood, args.concurrency)
+        peak = rss_kib(bench.process.pid, "VmHWM")
+    finally:
+        bench.close()
+
+    print(f"\nChatwoot calls per action (fake Chatwoot, {args.delay_ms:g} ms per call)")
+    print("| action | calls |\n| --- | --- |")
+    for name, calls in counts.items():
+        print(f"| {name} | {calls} |")
+    print(f"\nLatency in ms ({args.requests} sequential requests; {args.requests * 2} at concurrency {args.concurrency})")
+    print("| page | p50 | p95 | p50 at c16 | p95 at c16 | req/s at c16 | overhead p50 | overhead, instant upstream |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, seq, conc, rps in rows:
+        p50 = statistics.median(seq)
+        print(f"| {name} | {p50:.1f} | {percentile(seq, 0.95):.1f} | {statistics.median(conc):.1f} | "
+              f"{percentile(conc, 0.95):.1f} | {rps:.0f} | {p50 - args.delay_ms:.1f} | {instant[name]:.1f} |")
+    print("\nMemory of the portal process")
+    print("| measure | MiB |\n| --- | --- |")
+    print(f"| peak RSS before the flood | {peak_before_flood / 1024:.1f} |")
+    print(f"| RSS before / after {args.flood} sign-in requests for unknown addresses | "
+          f"{flood_before / 1024:.1f} / {flood_after / 1024:.1f} |")
+    print(f"| peak RSS overall | {peak / 1024:.1f} |")
+    answered = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
+    print(f"\nFlood answered: {answered} in {flood_seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

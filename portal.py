@@ -183,13 +183,21 @@ def _client_ip(environ, trusted_proxy):
     """
     remote = environ.get("REMOTE_ADDR", "")
     forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
-    if forwarded and remote == trusted_proxy:
+    if forwarded and _same_address(remote, trusted_proxy):
         candidate = forwarded.split(",")[-1].strip()
         try:
             return str(ipaddress.ip_address(candidate))
         except ValueError:
             pass
     return remote
+
+
+def _same_address(untrusted_a, b):
+    """Compare addresses, not spellings: `::1` is `0:0:0:0:0:0:0:1`."""
+    try:
+        return ipaddress.ip_address(untrusted_a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import http.client
 import json
 import logging
 import queue
+import select
 import socket
 import ssl
 import threading
@@ -345,7 +346,7 @@ class ChatwootClient:
                 connection, idle_since = self._idle.get_nowait()
             except queue.Empty:
                 break
-            if time.monotonic() - idle_since < MAX_IDLE_SECONDS:
+            if time.monotonic() - idle_since < MAX_IDLE_SECONDS and not _dropped(connection.sock):
                 return connection, True
             connection.close()
         if self._https:
@@ -476,6 +477,22 @@ def _int(value):
         return int(value)
     except (TypeError, ValueError):
         return 0
+
+
+def _dropped(sock):
+    """True when an idle keep-alive connection was closed by the other side.
+
+    An idle connection has nothing to read; if it is readable, the server sent
+    its FIN (it restarted, or timed the connection out). Writes are never retried,
+    so they must not start on such a connection.
+    """
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _ack_promptly(sock):

@@ -1,0 +1,660 @@
+"""Tests for the fake Chatwoot: every check goes over a real socket.
+
+The fake stands in for Chatwoot in the portal's tests and demo, so these tests
+pin the behaviour the Chatwoot API contract (chatwoot-api.md) describes: shapes, status
+codes, the four message pagination modes, and the traps the portal must survive.
+"""
+
+import http.client
+import json
+import threading
+import time
+from collections import namedtuple
+from urllib.parse import urlsplit
+
+import pytest
+
+from fake_chatwoot import FakeChatwoot
+
+TOKEN = "s3cret-token"
+ACCOUNT = 7
+
+Reply = namedtuple("Reply", "status headers body raw")
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now=1_781_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def tick(self, seconds=1):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def fake(clock):
+    server = FakeChatwoot(token=TOKEN, account_id=ACCOUNT, clock=clock).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def world(fake):
+    """Two inboxes and contacts where one address is a substring of another."""
+    ids = {"api": fake.add_inbox("Customer Portal", "Channel::Api"),
+           "mail": fake.add_inbox("Support email", "Channel::Email")}
+    for key, name, email in [("jane", "Jane Doe", "jane@example.com"),
+                             ("ann", "Ann Lee", "ann@example.com"),
+                             ("joann", "Joann Park", "joann@example.com")]:
+        ids[key] = fake.add_contact(name, email)
+    return ids
+
+
+def api_path(path):
+    return path if path.startswith("/") else f"/api/v1/accounts/{ACCOUNT}/{path}"
+
+
+def call(fake, method, path, body=None, token=TOKEN, headers=None, raw=None, conn=None):
+    """One request; a fresh connection unless ``conn`` is given."""
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection(urlsplit(fake.url).hostname, urlsplit(fake.url).port,
+                                          timeout=5)
+    sent = {} if token is None else {"api_access_token": token}
+    if body is not None:
+        raw = json.dumps(body).encode()
+        sent["Content-Type"] = "application/json"
+    sent.update(headers or {})
+    try:
+        conn.request(method, api_path(path), body=raw, headers=sent)
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        if own:
+            conn.close()
+    try:
+        decoded = json.loads(data)
+    except ValueError:
+        decoded = None  # empty, plain text or deliberately broken (fault injection)
+    return Reply(response.status, response, decoded, data)
+
+
+def thread_of(fake, conversation, count, clock):
+    """``count`` alternating customer/agent messages; returns their ids, oldest first."""
+    ids = []
+    for n in range(count):
+        clock.tick()
+        ids.append(fake.add_message(conversation, f"message {n}",
+                                    "incoming" if n % 2 == 0 else "outgoing"))
+    return ids
+
+
+def ids_of(reply):
+    return [m["id"] for m in reply.body["payload"]]
+
+
+# -- authentication and routing -------------------------------------------------
+
+
+def test_request_without_token_gets_devise_errors_list(fake):
+    reply = call(fake, "GET", "inboxes", token=None)
+    assert reply.status == 401
+    assert reply.body == {"errors": ["You need to sign in or sign up before continuing."]}
+
+
+def test_request_with_wrong_token_gets_invalid_access_token(fake):
+    reply = call(fake, "GET", "inboxes", token="nope")
+    assert (reply.status, reply.body) == (401, {"error": "Invalid Access Token"})
+
+
+def test_hyphenated_token_header_is_accepted(fake):
+    reply = call(fake, "GET", "inboxes", token=None, headers={"Api-Access-Token": TOKEN})
+    assert reply.status == 200
+
+
+def test_unknown_account_is_resource_not_found(fake):
+    reply = call(fake, "GET", "/api/v1/accounts/999/inboxes")
+    assert (reply.status, reply.body) == (404, {"error": "Resource could not be found"})
+
+
+def test_unknown_route_gets_rails_not_found(fake):
+    reply = call(fake, "DELETE", "conversations/1/toggle_status")
+    assert (reply.status, reply.body) == (404, {"status": 404, "error": "Not Found"})
+
+
+def test_invalid_json_body_is_bad_request(fake, world):
+    reply = call(fake, "POST", "contacts/filter", raw=b"{not json",
+                 headers={"Content-Type": "application/json"})
+    assert reply.status == 400
+
+
+def test_responses_are_utf8_json_with_content_length(fake):
+    reply = call(fake, "GET", "inboxes")
+    assert reply.headers.getheader("Content-Type") == "application/json; charset=utf-8"
+    assert int(reply.headers.getheader("Content-Length")) == len(reply.raw)
+
+
+def test_connection_is_kept_alive_between_requests(fake):
+    conn = http.client.HTTPConnection(urlsplit(fake.url).hostname, urlsplit(fake.url).port, timeout=5)
+    try:
+        assert call(fake, "GET", "inboxes", conn=conn).status == 200
+        first_socket = conn.sock
+        assert call(fake, "GET", "inboxes", conn=conn).status == 200
+        assert first_socket is not None and conn.sock is first_socket
+    finally:
+        conn.close()
+
+
+# -- contacts: fuzzy search versus exact filter -----------------------------------
+
+
+def test_search_is_a_substring_match_so_ann_also_finds_joann(fake, world):
+    reply = call(fake, "GET", "contacts/search?q=ann%40example.com")
+    assert reply.status == 200
+    assert sorted(c["email"] for c in reply.body["payload"]) == ["ann@example.com", "joann@example.com"]
+    assert reply.body["meta"] == {"count": 2, "current_page": 1, "has_more": False}
+    assert reply.body["payload"][0]["contact_inboxes"] == []
+
+
+def test_search_treats_percent_and_underscore_as_wildcards(fake, world):
+    assert [c["email"] for c in call(fake, "GET", "contacts/search?q=j%25n%40").body["payload"]] \
+        == ["joann@example.com"]
+    assert len(call(fake, "GET", "contacts/search?q=_").body["payload"]) == 3
+
+
+def test_search_with_blank_query_is_422(fake, world):
+    reply = call(fake, "GET", "contacts/search?q=++")
+    assert (reply.status, reply.body) == (422, {"error": "Specify search string with parameter q"})
+
+
+def test_search_pages_hold_15_contacts_and_echo_the_page_parameter(fake):
+    for n in range(16):
+        fake.add_contact(f"User {n}", f"user{n}@example.org")
+    first = call(fake, "GET", "contacts/search?q=example.org")
+    second = call(fake, "GET", "contacts/search?q=example.org&page=2")
+    assert first.body["meta"] == {"count": 15, "current_page": 1, "has_more": True}
+    assert second.body["meta"] == {"count": 1, "current_page": "2", "has_more": False}
+
+
+def test_filter_equal_to_matches_email_exactly_ignoring_case(fake, world):
+    body = {"payload": [{"attribute_key": "email", "filter_operator": "equal_to",
+                         "values": ["ANN@Example.com"], "query_operator": None}]}
+    reply = call(fake, "POST", "contacts/filter", body)
+    assert reply.status == 200
+    assert [c["email"] for c in reply.body["payload"]] == ["ann@example.com"]
+    assert reply.body["meta"] == {"count": 1, "current_page": 1}
+
+
+def test_filter_contains_and_or_joiner(fake, world):
+    body = {"payload": [
+        {"attribute_key": "email", "filter_operator": "contains", "values": ["jane"],
+         "query_operator": "OR"},
+        {"attribute_key": "name", "filter_operator": "equal_to", "values": ["ann lee"]}]}
+    reply = call(fake, "POST", "contacts/filter", body)
+    assert sorted(c["email"] for c in reply.body["payload"]) == ["ann@example.com", "jane@example.com"]
+
+
+def test_filter_skips_contacts_without_email_phone_or_identifier(fake, world):
+    fake.add_contact("Anonymous Ann", None)
+    body = {"payload": [{"attribute_key": "name", "filter_operator": "contains", "values": ["ann"]}]}
+    names = [c["name"] for c in call(fake, "POST", "contacts/filter", body).body["payload"]]
+    assert "Anonymous Ann" not in names
+    assert "Anonymous Ann" in [c["name"] for c in call(fake, "GET", "contacts/search?q=ann").body["payload"]]
+
+
+@pytest.mark.parametrize("condition, fragment", [
+    ({"attribute_key": "shoe_size", "filter_operator": "equal_to", "values": ["1"]}, "Invalid attribute key"),
+    ({"attribute_key": "email", "filter_operator": "greater_than", "values": ["1"]}, "Invalid operator"),
+    ({"attribute_key": "email", "filter_operator": "equal_to", "values": []}, "Invalid value"),
+])
+def test_filter_rejects_bad_conditions_with_422(fake, world, condition, fragment):
+    reply = call(fake, "POST", "contacts/filter", {"payload": [condition]})
+    assert reply.status == 422
+    assert fragment in reply.body["error"]
+
+
+def test_contact_show_lists_contact_inboxes_and_404s_unknown_ids(fake, world):
+    fake.add_conversation(world["jane"], world["mail"])
+    reply = call(fake, "GET", f"contacts/{world['jane']}")
+    assert reply.body["payload"]["contact_inboxes"][0]["source_id"] == "jane@example.com"
+    assert reply.body["payload"]["contact_inboxes"][0]["inbox"]["channel_type"] == "Channel::Email"
+    assert call(fake, "GET", "contacts/999").status == 404
+
+
+# -- conversation lists -----------------------------------------------------------
+
+
+def test_contact_conversations_are_the_20_most_recently_active(fake, world, clock):
+    created = []
+    for n in range(22):
+        clock.tick()
+        created.append(fake.add_conversation(world["jane"], world["api"], f"ticket {n}"))
+    clock.tick()
+    fake.add_message(created[0], "bump the oldest", "incoming")
+    reply = call(fake, "GET", f"contacts/{world['jane']}/conversations")
+    ids = [c["id"] for c in reply.body["payload"]]
+    assert list(reply.body) == ["payload"]
+    assert ids == [created[0]] + created[::-1][:19]
+    assert call(fake, "GET", "contacts/999/conversations").status == 404
+
+
+def test_conversations_filter_pages_by_25_with_counts(fake, world, clock):
+    for n in range(27):
+        clock.tick()
+        fake.add_conversation(world["jane"], world["api"], assignee_id=fake.api_user_id if n < 2 else None)
+    fake.add_conversation(world["ann"], world["api"])
+    body = {"payload": [{"attribute_key": "contact_id", "filter_operator": "equal_to",
+                         "values": [world["jane"]], "query_operator": None}]}
+    first = call(fake, "POST", "conversations/filter?page=1", body)
+    second = call(fake, "POST", "conversations/filter?page=2", body)
+    assert first.body["meta"] == {"mine_count": 2, "unassigned_count": 25, "all_count": 27}
+    assert len(first.body["payload"]) == 25 and len(second.body["payload"]) == 2
+    assert [c["id"] for c in first.body["payload"]][:2] == [27, 26]
+
+
+# -- the conversation object ----------------------------------------------------
+
+
+def test_conversation_object_has_the_contract_keys_and_types(fake, world, clock):
+    display_id = fake.add_conversation(world["jane"], world["api"], "Printer on fire",
+                                       assignee_id=fake.default_agent_id)
+    fake.add_message(display_id, "It burns", "incoming")
+    reply = call(fake, "GET", f"conversations/{display_id}")
+    conversation = reply.body
+    assert set(conversation) == {
+        "meta", "id", "messages", "account_id", "uuid", "additional_attributes",
+        "agent_last_seen_at", "assignee_last_seen_at", "can_reply", "contact_last_seen_at",
+        "custom_attributes", "inbox_id", "labels", "muted", "snoozed_until", "status",
+        "created_at", "updated_at", "timestamp", "first_reply_created_at", "unread_count",
+        "last_non_activity_message", "last_activity_at", "priority", "waiting_since", "sla_policy_id"}
+    assert conversation["meta"]["sender"]["id"] == world["jane"]
+    assert "contact_inboxes" not in conversation["meta"]["sender"]
+    assert conversation["meta"]["channel"] == "Channel::Api"
+    assert conversation["meta"]["assignee"]["name"] == "Sam Agent"
+    assert conversation["additional_attributes"] == {"mail_subject": "Printer on fire"}
+    assert (conversation["status"], conversation["priority"]) == ("open", None)
+    assert conversation["agent_last_seen_at"] == 0 and conversation["first_reply_created_at"] == 0
+    assert isinstance(conversation["updated_at"], float)
+    assert isinstance(conversation["created_at"], int) and conversation["snoozed_until"] is None
+    assert conversation["waiting_since"] == int(clock())
+    assert conversation["messages"][0]["message_type"] == 0
+    assert conversation["messages"][0]["updated_at"].endswith("Z")
+
+
+def test_conversation_without_assignee_has_no_assignee_key(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    reply = call(fake, "GET", f"conversations/{display_id}")
+    assert "assignee" not in reply.body["meta"]
+    assert reply.body["messages"] == [] and reply.body["last_non_activity_message"] is None
+
+
+def test_embedded_message_is_the_latest_of_any_kind_even_a_private_note(fake, world, clock):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    fake.add_message(display_id, "hello", "incoming")
+    clock.tick()
+    note = fake.add_message(display_id, "internal only", "outgoing", private=True)
+    clock.tick()
+    activity = fake.add_message(display_id, "Sam Agent self-assigned this conversation", "activity")
+    conversation = call(fake, "GET", f"conversations/{display_id}").body
+    assert [m["id"] for m in conversation["messages"]] == [activity]
+    assert conversation["last_non_activity_message"]["id"] == note
+    assert conversation["last_non_activity_message"]["private"] is True
+
+
+def test_unknown_conversation_is_resource_not_found(fake, world):
+    for path in ("conversations/42", "conversations/abc", "conversations/42/messages"):
+        reply = call(fake, "GET", path)
+        assert (reply.status, reply.body) == (404, {"error": "Resource could not be found"})
+
+
+# -- messages index: the four pagination modes ------------------------------------
+
+
+@pytest.fixture
+def long_thread(fake, world, clock):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    return display_id, thread_of(fake, display_id, 45, clock)
+
+
+def test_messages_without_parameters_are_the_latest_20_ascending(fake, long_thread):
+    display_id, ids = long_thread
+    assert ids_of(call(fake, "GET", f"conversations/{display_id}/messages")) == ids[-20:]
+
+
+def test_messages_before_are_the_20_older_than_that_id(fake, long_thread):
+    display_id, ids = long_thread
+    reply = call(fake, "GET", f"conversations/{display_id}/messages?before={ids[25]}")
+    assert ids_of(reply) == ids[5:25]
+
+
+def test_messages_after_are_newer_than_that_id_exclusive(fake, long_thread):
+    display_id, ids = long_thread
+    reply = call(fake, "GET", f"conversations/{display_id}/messages?after={ids[10]}")
+    assert ids_of(reply) == ids[11:]
+
+
+def test_messages_between_include_after_and_exclude_before(fake, long_thread):
+    display_id, ids = long_thread
+    reply = call(fake, "GET", f"conversations/{display_id}/messages?after={ids[10]}&before={ids[30]}")
+    assert ids_of(reply) == ids[10:30]
+    everything = call(fake, "GET", f"conversations/{display_id}/messages?after=0&before=2147483647")
+    assert ids_of(everything) == ids
+
+
+def test_messages_after_stop_at_100_and_between_at_1000(fake, world, clock):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    ids = thread_of(fake, display_id, 1005, clock)
+    assert ids_of(call(fake, "GET", f"conversations/{display_id}/messages?after=0")) == ids[:100]
+    between = call(fake, "GET", f"conversations/{display_id}/messages?after=0&before=2147483647")
+    assert ids_of(between) == ids[:1000]
+
+
+def test_filter_internal_messages_drops_notes_and_activity_before_the_limit(fake, world, clock):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    public = thread_of(fake, display_id, 25, clock)
+    for n in range(5):
+        fake.add_message(display_id, f"note {n}", "outgoing", private=True)
+        fake.add_message(display_id, f"activity {n}", "activity")
+    unfiltered = call(fake, "GET", f"conversations/{display_id}/messages")
+    filtered = call(fake, "GET", f"conversations/{display_id}/messages?filter_internal_messages=false")
+    assert ids_of(unfiltered)[:10] == public[-10:]  # the other ten are internal
+    assert ids_of(filtered) == public[-20:]
+
+
+def test_message_rest_shape_omits_sender_for_activity_and_absent_attachments(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"], "Subject",
+                                       assignee_id=fake.default_agent_id)
+    fake.add_message(display_id, "hi", "incoming")
+    fake.add_message(display_id, "Sam Agent self-assigned this conversation", "activity")
+    reply = call(fake, "GET", f"conversations/{display_id}/messages")
+    incoming, activity = reply.body["payload"]
+    assert incoming["sender"]["type"] == "contact" and "attachments" not in incoming
+    assert "sender" not in activity and activity["message_type"] == 2
+    meta = reply.body["meta"]
+    assert meta["contact"]["type"] == "contact" and meta["assignee"]["type"] == "user"
+    assert meta["additional_attributes"] == {"mail_subject": "Subject"}
+    assert meta["agent_last_seen_at"] is None
+
+
+# -- creating tickets and replying ---------------------------------------------
+
+
+def test_create_with_incoming_first_message_and_ignored_priority(fake, world):
+    body = {"inbox_id": world["api"], "contact_id": world["jane"], "priority": "urgent",
+            "additional_attributes": {"mail_subject": "Printer on fire"},
+            "message": {"content": "It burns", "message_type": "incoming"}}
+    reply = call(fake, "POST", "conversations", body)
+    assert reply.status == 200
+    assert reply.body["id"] == 1 and reply.body["priority"] is None
+    assert reply.body["messages"][0]["message_type"] == 0
+    assert reply.body["messages"][0]["sender"]["id"] == world["jane"]
+    assert fake.conversation(1)["additional_attributes"] == {"mail_subject": "Printer on fire"}
+
+
+def test_create_defaults_the_first_message_to_outgoing_and_opens_a_session_per_call(fake, world):
+    body = {"inbox_id": world["api"], "contact_id": world["jane"], "message": {"content": "hi"}}
+    first = call(fake, "POST", "conversations", body)
+    call(fake, "POST", "conversations", body)
+    assert first.body["messages"][0]["message_type"] == 1
+    sessions = call(fake, "GET", f"contacts/{world['jane']}").body["payload"]["contact_inboxes"]
+    assert len({s["source_id"] for s in sessions}) == 2
+
+
+def test_create_with_incoming_message_in_email_inbox_fails_without_creating(fake, world):
+    body = {"inbox_id": world["mail"], "contact_id": world["jane"],
+            "message": {"content": "hi", "message_type": "incoming"}}
+    reply = call(fake, "POST", "conversations", body)
+    assert (reply.status, reply.body) == (500, {"status": 500, "error": "Internal Server Error"})
+    assert call(fake, "GET", f"contacts/{world['jane']}/conversations").body["payload"] == []
+
+
+def test_create_rejects_unknown_contact_and_overlong_subject(fake, world):
+    assert call(fake, "POST", "conversations", {"inbox_id": world["api"], "contact_id": 999}).status == 404
+    reply = call(fake, "POST", "conversations", {"inbox_id": world["api"], "contact_id": world["jane"],
+                                                 "additional_attributes": {"mail_subject": "x" * 1501}})
+    assert reply.status == 422
+    assert reply.body == {"message": "Additional attributes mail_subject length should be < 1500",
+                          "attributes": ["additional_attributes"]}
+
+
+def test_create_refuses_a_source_id_owned_by_another_contact(fake, world):
+    body = {"inbox_id": world["api"], "contact_id": world["jane"], "source_id": "portal-1"}
+    assert call(fake, "POST", "conversations", body).status == 200
+    assert call(fake, "POST", "conversations", body).status == 200  # same contact: reused
+    reply = call(fake, "POST", "conversations", {**body, "contact_id": world["ann"]})
+    assert (reply.status, reply.body) == (422, {"error": "source_id should be unique"})
+
+
+def test_overlong_reply_is_422_with_the_validation_message(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    reply = call(fake, "POST", f"conversations/{display_id}/messages", {"content": "x" * 150_001})
+    assert reply.status == 422
+    assert reply.body == {"error": "Validation failed: Content is too long (maximum is 150000 characters)"}
+
+
+def test_incoming_reply_in_email_inbox_is_422(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["mail"])
+    reply = call(fake, "POST", f"conversations/{display_id}/messages",
+                 {"content": "hi", "message_type": "incoming"})
+    assert (reply.status, reply.body) == (422, {"error": "Incoming messages are only allowed in Api inboxes"})
+    assert fake.messages_of(display_id) == []
+
+
+def test_reply_returns_rest_message_with_echo_id(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    reply = call(fake, "POST", f"conversations/{display_id}/messages",
+                 {"content": "Still burning", "message_type": "incoming", "private": False,
+                  "echo_id": "e-1"})
+    assert reply.status == 200
+    assert reply.body["echo_id"] == "e-1" and reply.body["message_type"] == 0
+    assert reply.body["conversation_id"] == display_id and reply.body["content"] == "Still burning"
+
+
+@pytest.mark.parametrize("status", ["resolved", "snoozed"])
+def test_incoming_reply_reopens_and_logs_system_activity(fake, world, status):
+    display_id = fake.add_conversation(world["jane"], world["api"], status=status)
+    call(fake, "POST", f"conversations/{display_id}/messages", {"content": "again", "message_type": "incoming"})
+    assert fake.conversation(display_id)["status"] == "open"
+    last = fake.messages_of(display_id)[-1]
+    assert (last["message_type"], last["content"]) == (
+        2, "System reopened the conversation due to a new incoming message.")
+
+
+def test_outgoing_reply_does_not_reopen(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"], status="resolved")
+    reply = call(fake, "POST", f"conversations/{display_id}/messages", {"content": "we are on it"})
+    assert reply.body["message_type"] == 1 and reply.body["sender"]["name"] == "Customer Portal"
+    assert fake.conversation(display_id)["status"] == "resolved"
+
+
+def test_multipart_reply_with_attachment_serves_it_without_auth(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    boundary = "XyZ"
+    data = b"%PDF-1.4\r\n\x00binary\r\n"
+    raw = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"content\"\r\n\r\nSee file\r\n"
+           f"--{boundary}\r\nContent-Disposition: form-data; name=\"message_type\"\r\n\r\nincoming\r\n"
+           f"--{boundary}\r\nContent-Disposition: form-data; name=\"attachments[]\"; "
+           f"filename=\"invoice.pdf\"\r\nContent-Type: application/pdf\r\n\r\n").encode() + data \
+        + f"\r\n--{boundary}--\r\n".encode()
+    reply = call(fake, "POST", f"conversations/{display_id}/messages", raw=raw,
+                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    attachment = reply.body["attachments"][0]
+    assert (reply.body["content"], reply.body["message_type"]) == ("See file", 0)
+    assert (attachment["file_type"], attachment["extension"], attachment["file_size"]) == ("file", "pdf", len(data))
+    redirect = call(fake, "GET", urlsplit(attachment["data_url"]).path, token=None)
+    assert redirect.status == 302
+    download = call(fake, "GET", urlsplit(redirect.headers.getheader("Location")).path, token=None)
+    assert (download.status, download.raw) == (200, data)
+    assert call(fake, "GET", "/rails/active_storage/disk/unknown/invoice.pdf", token=None).status == 404
+
+
+# -- status and priority --------------------------------------------------------
+
+
+def test_toggle_status_resolves_and_names_the_token_user(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    reply = call(fake, "POST", f"conversations/{display_id}/toggle_status", {"status": "resolved"})
+    assert reply.body == {"meta": {}, "payload": {"success": True, "conversation_id": display_id,
+                                                  "current_status": "resolved", "snoozed_until": None}}
+    assert fake.messages_of(display_id)[-1]["content"] == "Conversation was marked resolved by Customer Portal"
+
+
+def test_toggle_status_without_status_toggles_and_invalid_status_is_500(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"], status="pending")
+    path = f"conversations/{display_id}/toggle_status"
+    assert call(fake, "POST", path, {}).body["payload"]["current_status"] == "open"
+    assert call(fake, "POST", path, {}).body["payload"]["current_status"] == "resolved"
+    reply = call(fake, "POST", path, {"status": "cancelled"})
+    assert (reply.status, reply.body) == (500, {"status": 500, "error": "Internal Server Error"})
+
+
+def test_toggle_status_snoozes_until_unix_seconds(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    reply = call(fake, "POST", f"conversations/{display_id}/toggle_status",
+                 {"status": "snoozed", "snoozed_until": 1781000000})
+    assert reply.body["payload"]["snoozed_until"] == "2026-06-09T10:13:20.000Z"
+
+
+def test_patch_ignores_status_but_applies_priority(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    reply = call(fake, "PATCH", f"conversations/{display_id}", {"status": "resolved", "priority": "urgent"})
+    assert reply.status == 200
+    assert (reply.body["status"], reply.body["priority"]) == ("open", "urgent")
+    assert call(fake, "PATCH", f"conversations/{display_id}", {"priority": "none"}).status == 500
+
+
+def test_toggle_priority_answers_empty_and_a_missing_value_clears(fake, world):
+    display_id = fake.add_conversation(world["jane"], world["api"])
+    path = f"conversations/{display_id}/toggle_priority"
+    reply = call(fake, "POST", path, {"priority": "high"})
+    assert (reply.status, reply.raw) == (200, b"")
+    assert fake.conversation(display_id)["priority"] == "high"
+    assert fake.messages_of(display_id)[-1]["content"] == "Customer Portal set the priority to high"
+    call(fake, "POST", path, {})
+    assert fake.conversation(display_id)["priority"] is None
+
+
+def test_inboxes_are_listed_and_shown(fake, world):
+    listed = call(fake, "GET", "inboxes").body["payload"]
+    assert [(i["name"], i["channel_type"]) for i in listed] == [
+        ("Customer Portal", "Channel::Api"), ("Support email", "Channel::Email")]
+    shown = call(fake, "GET", f"inboxes/{world['api']}").body
+    assert {"id", "name", "channel_type", "channel_id", "avatar_url"} <= set(shown)
+    assert call(fake, "GET", "inboxes/99").status == 404
+
+
+# -- fault injection and the call log -------------------------------------------
+
+
+def test_status_fault_answers_the_given_status_and_body(fake):
+    fake.set_fault("status", status=503, body={"error": "maintenance"})
+    reply = call(fake, "GET", "inboxes")
+    assert (reply.status, reply.body) == (503, {"error": "maintenance"})
+
+
+def test_status_fault_429_mimics_rack_attack(fake):
+    fake.set_fault("status", status=429)
+    reply = call(fake, "GET", "contacts/search?q=a")
+    assert (reply.status, reply.raw) == (429, b"Retry later\n")
+    assert reply.headers.getheader("Retry-After") is None
+
+
+def test_garbage_fault_answers_200_with_a_body_that_is_not_json(fake):
+    fake.set_fault("garbage")
+    reply = call(fake, "GET", "inboxes")
+    assert reply.status == 200 and reply.raw
+    with pytest.raises(ValueError):
+        json.loads(reply.raw)
+
+
+def test_close_fault_drops_the_connection_unanswered(fake):
+    fake.set_fault("close")
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        call(fake, "GET", "inboxes")
+
+
+def test_fault_with_count_clears_itself(fake):
+    fake.set_fault("status", status=502, count=2)
+    statuses = [call(fake, "GET", "inboxes").status for _ in range(3)]
+    assert statuses == [502, 502, 200]
+
+
+def test_fault_none_clears_a_standing_fault(fake):
+    fake.set_fault("status", status=500)
+    fake.set_fault(None)
+    assert call(fake, "GET", "inboxes").status == 200
+
+
+def test_hang_fault_does_not_block_stop_nor_outlive_it(fake):
+    fake.set_fault("hang")
+    outcome = []
+    threads_before = set(threading.enumerate())
+
+    def hanging_request():
+        try:
+            call(fake, "GET", "inboxes")
+        except (http.client.HTTPException, OSError) as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=hanging_request)
+    worker.start()
+    time.sleep(0.2)
+    handlers = set(threading.enumerate()) - threads_before - {worker}
+    started = time.monotonic()
+    fake.stop()
+    worker.join(5)
+    assert time.monotonic() - started < 3
+    assert outcome and not worker.is_alive()
+    for handler in handlers:  # the server's handler thread woke up and ended too
+        handler.join(3)
+        assert not handler.is_alive()
+
+
+def test_delay_and_slow_fault_postpone_the_answer(fake):
+    fake.delay = 0.2
+    started = time.monotonic()
+    assert call(fake, "GET", "inboxes").status == 200
+    assert time.monotonic() - started >= 0.2
+    fake.delay = 0
+    fake.set_fault("slow", seconds=0.2, count=1)
+    started = time.monotonic()
+    assert call(fake, "GET", "inboxes").status == 200
+    assert time.monotonic() - started >= 0.2
+
+
+def test_call_log_records_method_path_and_query(fake, world):
+    fake.reset_calls()
+    call(fake, "GET", "contacts/search?q=ann&page=2")
+    call(fake, "POST", "contacts/filter", {"payload": []})
+    call(fake, "GET", "inboxes", token=None)
+    assert fake.calls == [
+        ("GET", f"/api/v1/accounts/{ACCOUNT}/contacts/search", {"q": "ann", "page": "2"}),
+        ("POST", f"/api/v1/accounts/{ACCOUNT}/contacts/filter", {}),
+        ("GET", f"/api/v1/accounts/{ACCOUNT}/inboxes", {}),
+    ]
+    fake.reset_calls()
+    assert fake.calls == []
+
+
+# -- demo data ----------------------------------------------------------------
+
+
+def test_seed_demo_gives_jane_tickets_in_every_status_and_both_inboxes(fake):
+    seeded = fake.seed_demo()
+    jane = seeded["contacts"]["jane@example.com"]
+    assert {"jane@example.com", "bob@example.com", "ann@example.com", "joann@example.com"} <= set(seeded["contacts"])
+    tickets = call(fake, "GET", f"contacts/{jane}/conversations").body["payload"]
+    assert {t["status"] for t in tickets} == {"open", "pending", "resolved", "snoozed"}
+    assert {t["inbox_id"] for t in tickets} == {seeded["api_inbox_id"], seeded["email_inbox_id"]}
+    messages = [m for t in tickets for m in fake.messages_of(t["id"])]
+    assert any(m["private"] for m in messages) and any(m["message_type"] == 2 for m in messages)
+    assert any(m["message_type"] == 1 and not m["private"] for m in messages)

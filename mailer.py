@@ -43,8 +43,11 @@ class Mailer:
             with self._open() as smtp:
                 smtp.send_message(message)
         except (OSError, smtplib.SMTPException) as error:
-            outcome = f"failed ({type(error).__name__})"
-            raise MailError(str(error)) from None
+            # Only the kind of failure and its SMTP code: a server's reply text and
+            # SMTPRecipientsRefused both tend to quote the recipient's address.
+            code = getattr(error, "smtp_code", None) or getattr(error, "errno", None)
+            outcome = f"failed ({type(error).__name__}{f' {code}' if code else ''})"
+            raise MailError(outcome) from None
         finally:
             log.info("smtp send to=%s %s %.1fms", self._pseudonym(to), outcome, (time.monotonic() - started) * 1000)
 

@@ -495,7 +495,8 @@ class Portal:
         untrusted_message = request.field("message")
         form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
         if request.session is None:
-            return self.signin_with_draft(request, "/tickets/new", untrusted_message)
+            draft = "\n\n".join(part for part in (untrusted_subject, untrusted_message) if part.strip())
+            return self.signin_with_draft(request, "/tickets/new", draft)
         session = request.session
 
         def form_again(status, errors=None, problem=""):
@@ -735,9 +736,10 @@ def serve(app, config):
              config.base_path, config.public_url("/"))
     # The portal spends its time waiting on Chatwoot, not computing: more threads
     # than cores keep pages flowing while some wait, and the connection limit
-    # bounds memory. waitress rejects bodies above our form limit itself.
+    # bounds memory. waitress refuses absurd bodies itself; anything between our
+    # form limit and that still gets the portal's own localized 413 page.
     waitress.serve(app, host=config.host, port=config.port, threads=16, connection_limit=200,
-                   channel_timeout=30, max_request_body_size=MAX_BODY_BYTES, ident="portal",
+                   channel_timeout=30, max_request_body_size=4 * MAX_BODY_BYTES, ident="portal",
                    clear_untrusted_proxy_headers=False)
 
 

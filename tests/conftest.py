@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import waitress.server
+from waitress import wasyncore
 from aiosmtpd.controller import Controller
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -114,9 +115,29 @@ def portal_settings(fake, smtp, **overrides):
 
 
 class RunningPortal:
+    """waitress on a free port, its event loop in a thread that stops cleanly.
+
+    `server.run()` never returns, and closing its sockets under it makes the loop
+    thread fail; instead the loop runs in short turns and checks a flag.
+    """
+
     def __init__(self, app, server):
         self.app, self.server = app, server
         self.port = server.effective_port
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stopping.is_set():
+            wasyncore.loop(timeout=0.05, map=self.server._map, count=1)
+
+    def close(self):
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self.server.close()
+        self.server.task_dispatcher.shutdown()
+        self.app.client.close()
 
     def browser(self, **headers):
         return Browser("127.0.0.1", self.port, headers)
@@ -128,9 +149,10 @@ class RunningPortal:
 def start_portal(settings, clock):
     config = load_config(settings, dotenv_path=None)
     app = Portal(config, clock=clock)
-    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    # As portal.serve() does: X-Forwarded-For reaches the portal, which alone
+    # decides whether to believe it (TRUSTED_PROXY).
+    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=4,
+                                           clear_untrusted_proxy_headers=False)
     return RunningPortal(app, server)
 
 
@@ -138,8 +160,7 @@ def start_portal(settings, clock):
 def portal(fake, smtp, clock):
     running = start_portal(portal_settings(fake, smtp), clock)
     yield running
-    running.server.close()
-    running.app.client.close()
+    running.close()
 
 
 def sign_in(portal, smtp, address, browser=None):

@@ -1,9 +1,14 @@
-# Two commands matter: `make demo` and `make test`. Each sets up its own venv.
+# Two commands matter: `make demo` and `make test`. Each sets up what it needs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+AXE := $(VENV)/node_modules/axe-core/axe.min.js
+# Debian packages the deployment and browser tests drive: real Chromium, nginx and
+# systemd-analyze. Installed when missing and we may (root with apt-get);
+# otherwise those tests are skipped with a note, unless REQUIRE_SYSTEM_TOOLS=1.
+SYSTEM_PACKAGES := chromium chromium-driver nginx systemd
 
-.PHONY: demo test bench check clean
+.PHONY: demo test bench check system-tools clean
 
 $(BIN)/.installed-runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +20,20 @@ $(BIN)/.installed-test: requirements-test.txt requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $(BIN)/.installed-runtime $@
 
+$(AXE):
+	-npm install --silent --no-audit --no-fund --prefix $(VENV) axe-core@4.11.0
+
+system-tools:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	    && command -v nginx >/dev/null && command -v systemd-analyze >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "note: install $(SYSTEM_PACKAGES) to run the browser, nginx and systemd tests"; fi
+
 demo: $(BIN)/.installed-runtime  ## run the portal on an embedded fake Chatwoot
 	$(BIN)/python portal.py --demo
 
-test: $(BIN)/.installed-test  ## the whole test suite
+test: $(BIN)/.installed-test system-tools $(AXE)  ## the whole test suite
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed-test  ## print the performance figures

@@ -174,3 +174,20 @@ def sign_in(portal, smtp, address, browser=None):
     assert page.status == 200, page.text
     page = browser.submit(page, "/auth/verify")
     return browser, page
+
+
+def require_tools(*names):
+    """Skip a test whose system tool (chromium, nginx, ...) is missing.
+
+    `make test` installs them when it can; CI sets REQUIRE_SYSTEM_TOOLS=1 so a
+    missing tool fails the run instead of silently skipping what it proves.
+    """
+    import os
+    import shutil
+
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        message = f"missing system tools: {', '.join(missing)} (apt-get install them)"
+        if os.environ.get("REQUIRE_SYSTEM_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)

@@ -1,0 +1,131 @@
+"""Chatwoot round trips per customer action, counted at the fake Chatwoot.
+
+The table these tests hold the portal to (issue: performance):
+
+    request a magic link (known address)   1
+    dashboard                              1
+    ticket page (thread of <= 20 messages) 2, issued concurrently
+    reply                                  2
+    create ticket                          1
+    cancel                                 2
+
+They count calls, never seconds: a change that adds a round trip fails here.
+"""
+
+import threading
+
+import pytest
+
+import fake_chatwoot
+from conftest import sign_in
+
+JANE = "jane@example.com"
+
+
+@pytest.fixture
+def ticket(fake):
+    ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Printer on fire")
+    for n in range(12):
+        fake.add_message(ticket, f"message {n}", "incoming" if n % 2 == 0 else "outgoing")
+    fake.add_message(ticket, "internal remark", "outgoing", private=True)
+    return ticket
+
+
+@pytest.fixture
+def jane(portal, smtp, fake, ticket):
+    browser, _ = sign_in(portal, smtp, JANE)
+    return browser
+
+
+def calls_during(fake, action):
+    fake.reset_calls()
+    action()
+    return [(method, path) for method, path, _ in fake.calls]
+
+
+def test_requesting_a_magic_link_costs_one_call(portal, fake):
+    browser = portal.browser()
+    page = browser.get(portal.url("/"))
+    calls = calls_during(fake, lambda: browser.submit(page, "/auth/request", email=JANE))
+    assert calls == [("POST", "/api/v1/accounts/1/contacts/filter")]
+
+
+def test_the_dashboard_costs_one_call(portal, fake, jane):
+    calls = calls_during(fake, lambda: jane.get(portal.url("/dashboard")))
+    assert calls == [("GET", f"/api/v1/accounts/1/contacts/{fake.jane}/conversations")]
+
+
+def test_a_ticket_page_costs_two_calls(portal, fake, jane, ticket):
+    calls = calls_during(fake, lambda: jane.get(portal.url(f"/tickets/{ticket}")))
+    assert sorted(calls) == [("GET", f"/api/v1/accounts/1/conversations/{ticket}"),
+                             ("GET", f"/api/v1/accounts/1/conversations/{ticket}/messages")]
+
+
+def test_a_reply_costs_two_calls(portal, fake, jane, ticket):
+    page = jane.get(portal.url(f"/tickets/{ticket}"))
+    calls = calls_during(fake, lambda: jane.submit(page, f"/tickets/{ticket}/reply", message="Hi", follow=False))
+    assert calls == [("GET", f"/api/v1/accounts/1/conversations/{ticket}"),
+                     ("POST", f"/api/v1/accounts/1/conversations/{ticket}/messages")]
+
+
+def test_creating_a_ticket_costs_one_call(portal, fake, jane):
+    page = jane.get(portal.url("/tickets/new"))
+    calls = calls_during(fake, lambda: jane.submit(page, "/tickets", subject="New", message="Text", follow=False))
+    assert calls == [("POST", "/api/v1/accounts/1/conversations")]
+
+
+def test_cancelling_costs_two_calls(portal, fake, jane, ticket):
+    page = jane.get(portal.url(f"/tickets/{ticket}"))
+    calls = calls_during(fake, lambda: jane.submit(page, f"/tickets/{ticket}/cancel", follow=False))
+    assert calls == [("GET", f"/api/v1/accounts/1/conversations/{ticket}"),
+                     ("POST", f"/api/v1/accounts/1/conversations/{ticket}/toggle_status")]
+
+
+def test_the_two_calls_of_a_ticket_page_are_in_flight_together(portal, fake, jane, ticket, monkeypatch):
+    # Each call waits at a barrier for the other: calls made one after the other
+    # would break the barrier (after its timeout) and the page would fail.
+    barrier = threading.Barrier(2, timeout=5)
+    answer = fake_chatwoot.FakeChatwoot._answer
+
+    def answer_together(self, method, target, headers, raw_body):
+        if method == "GET" and f"/conversations/{ticket}" in target:
+            barrier.wait()
+        return answer(self, method, target, headers, raw_body)
+
+    monkeypatch.setattr(fake_chatwoot.FakeChatwoot, "_answer", answer_together)
+    page = jane.get(portal.url(f"/tickets/{ticket}"))
+    assert page.status == 200, page.text
+    assert not barrier.broken
+
+
+def test_pages_reuse_connections_to_chatwoot(portal, fake, jane, ticket, monkeypatch):
+    opened = []
+    setup = fake_chatwoot._Handler.setup
+
+    def counting_setup(handler):
+        opened.append(handler.client_address)
+        setup(handler)
+
+    monkeypatch.setattr(fake_chatwoot._Handler, "setup", counting_setup)
+    for _ in range(10):
+        assert jane.get(portal.url("/dashboard")).status == 200
+    # Ten sequential pages: one kept-alive connection serves them all.
+    assert len(opened) <= 1
+
+
+def test_a_read_on_a_connection_chatwoot_dropped_is_retried_once(portal, fake, jane):
+    assert jane.get(portal.url("/dashboard")).status == 200  # leaves a pooled connection
+    fake.set_fault("close", count=1)
+    fake.reset_calls()
+    page = jane.get(portal.url("/dashboard"))
+    assert page.status == 200
+    assert len(fake.calls) == 2  # the dropped attempt and its retry
+
+
+def test_a_write_is_never_retried_when_chatwoot_drops_it(portal, fake, jane):
+    page = jane.get(portal.url("/tickets/new"))
+    fake.set_fault("close", count=1)
+    fake.reset_calls()
+    page = jane.submit(page, "/tickets", subject="Once", message="Only once")
+    assert page.status == 503
+    assert [c[0] for c in fake.calls] == ["POST"]

@@ -23,6 +23,16 @@ import time
 SWEEP_INTERVAL_SECONDS = 60
 
 
+def _sweep(store, entries, expired):
+    """Drop expired entries, at most once per SWEEP_INTERVAL_SECONDS (caller holds the lock)."""
+    now = store._clock()
+    if now < store._next_sweep:
+        return
+    store._next_sweep = now + SWEEP_INTERVAL_SECONDS
+    for key in [key for key, entry in entries.items() if expired(entry, now)]:
+        del entries[key]
+
+
 def _b64(raw):
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -134,13 +144,7 @@ class SessionStore:
             return len(self._sessions)
 
     def _sweep_if_due(self):
-        now = self._clock()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + SWEEP_INTERVAL_SECONDS
-        expired = [sid for sid, s in self._sessions.items() if now - s.last_seen > self.idle_seconds]
-        for sid in expired:
-            del self._sessions[sid]
+        _sweep(self, self._sessions, lambda session, now: now - session.last_seen > self.idle_seconds)
 
 
 # ---------------------------------------------------------------------------
@@ -206,12 +210,7 @@ class MagicLinkStore:
             return len(self._links)
 
     def _sweep_if_due(self):
-        now = self._clock()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + SWEEP_INTERVAL_SECONDS
-        for digest in [d for d, link in self._links.items() if link.expires < now]:
-            del self._links[digest]
+        _sweep(self, self._links, lambda link, now: link.expires < now)
 
 
 # ---------------------------------------------------------------------------

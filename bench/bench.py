@@ -61,6 +61,17 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def run_together(functions):
+    """Run each function in its own thread; seconds until the last one finished."""
+    threads = [threading.Thread(target=function) for function in functions]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -166,13 +177,7 @@ class Bench:
             with lock:
                 times.extend(mine)
 
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
+        elapsed = run_together([worker] * concurrency)
         return times, len(times) / elapsed
 
     def flood(self, count, concurrency):
@@ -203,13 +208,7 @@ class Bench:
                 for status, seen in local.items():
                     statuses[status] = statuses.get(status, 0) + seen
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
+        elapsed = run_together([lambda i=i: worker(i) for i in range(concurrency)])
         return before, rss_kib(self.process.pid), statuses, elapsed
 
 

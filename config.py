@@ -16,9 +16,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_BRAND_ASSETS_DIR = HERE / "static" / "brand"
 
-# A secret shorter than this is guessable; `python -c "import secrets;
+# A secret shorter than the minimum is refused; one shorter than the recommended
+# length starts with a warning. `python3 -c "import secrets;
 # print(secrets.token_hex(32))"` gives 64 characters.
-MIN_SESSION_SECRET_LENGTH = 32
+MIN_SESSION_SECRET_LENGTH = 16
+RECOMMENDED_SESSION_SECRET_LENGTH = 32
+BRAND_FILES = ("logo.png", "logo_thumbnail.png")
 
 
 class ConfigError(Exception):
@@ -49,14 +52,14 @@ SETTINGS = (
     Setting("CHATWOOT_ACCOUNT_ID", "1", "Chatwoot account id."),
     Setting("CHATWOOT_INBOX_ID", None, "Id of the API-type inbox that new tickets go to."),
     Setting("CHATWOOT_TIMEOUT", "5", "Seconds to wait for Chatwoot before showing a friendly error."),
-    Setting("SESSION_SECRET", None, "Random key (at least 32 characters) that signs cookies and tokens.", secret=True),
+    Setting("SESSION_SECRET", None, "Random key that signs cookies and tokens: 32 characters or more (16 at the very least).", secret=True),
     Setting("SESSION_IDLE_MINUTES", "30", "A session ends after this many minutes without a request."),
     Setting("MAGIC_LINK_MINUTES", "15", "How long a sign-in link stays valid."),
     Setting("SMTP_ADDRESS", None, "Host name of the SMTP server that sends sign-in links."),
     Setting("SMTP_PORT", "587", "SMTP port (587 for STARTTLS, 465 for SSL)."),
     Setting("SMTP_USERNAME", "", "SMTP user; empty means no SMTP AUTH."),
     Setting("SMTP_PASSWORD", "", "SMTP password.", secret=True),
-    Setting("SMTP_FROM", "", "From address of sign-in mails; defaults to SMTP_USERNAME."),
+    Setting("SMTP_FROM", "", "From address of sign-in mails; defaults to SMTP_USERNAME, else no-reply@ the PORTAL_URL host."),
     Setting("SMTP_SECURITY", "starttls", "starttls, ssl or none (none only for a local relay)."),
     Setting("BRAND_ASSETS_DIR", str(DEFAULT_BRAND_ASSETS_DIR), "Folder holding logo.png and logo_thumbnail.png (Chatwoot's public/brand-assets)."),
     Setting("TRUSTED_PROXY", "127.0.0.1", "Address of the reverse proxy whose X-Forwarded-For / X-Forwarded-Proto are believed."),
@@ -87,6 +90,8 @@ class Config:
     smtp_security: str
     brand_assets_dir: Path
     trusted_proxy: str
+    # Things that work but deserve a look; printed at start and by --check.
+    warnings: tuple = ()
 
     @property
     def secure_cookies(self):
@@ -128,7 +133,7 @@ def load_config(environ=None, dotenv_path=".env"):
     environ = os.environ if environ is None else environ
     raw = read_dotenv(dotenv_path) if dotenv_path else {}
     raw.update({key: value for key, value in environ.items() if key in _BY_NAME})
-    problems = []
+    problems, warnings = [], []
 
     def get(name):
         setting = _BY_NAME[name]
@@ -162,12 +167,13 @@ def load_config(environ=None, dotenv_path=".env"):
     chatwoot_url = _origin(get("CHATWOOT_URL"), "CHATWOOT_URL", problems, allow_path=True)
 
     secret = get("SESSION_SECRET")
+    generate = "generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
     if secret and len(secret) < MIN_SESSION_SECRET_LENGTH:
-        problems.append(
-            f"SESSION_SECRET is too short ({len(secret)} characters, need at least "
-            f"{MIN_SESSION_SECRET_LENGTH}); generate one with: "
-            "python3 -c 'import secrets; print(secrets.token_hex(32))'"
-        )
+        problems.append(f"SESSION_SECRET is too short ({len(secret)} characters, need at least "
+                        f"{MIN_SESSION_SECRET_LENGTH}); {generate}")
+    elif secret and len(secret) < RECOMMENDED_SESSION_SECRET_LENGTH:
+        warnings.append(f"SESSION_SECRET has only {len(secret)} characters; "
+                        f"{RECOMMENDED_SESSION_SECRET_LENGTH} or more are recommended; {generate}")
 
     timeout_text = get("CHATWOOT_TIMEOUT")
     try:
@@ -185,14 +191,22 @@ def load_config(environ=None, dotenv_path=".env"):
     smtp_password = get("SMTP_PASSWORD")
     if smtp_username and not smtp_password:
         problems.append("SMTP_PASSWORD is required when SMTP_USERNAME is set")
-    smtp_from = get("SMTP_FROM") or smtp_username
-    if not smtp_from or "@" not in smtp_from:
-        problems.append("SMTP_FROM (or SMTP_USERNAME) must be the e-mail address sign-in mails come from")
+    smtp_from = get("SMTP_FROM")
+    if smtp_from and "@" not in smtp_from:
+        problems.append(f"SMTP_FROM must be an e-mail address, not {smtp_from!r}")
+    elif not smtp_from:
+        host = urllib.parse.urlsplit(portal_url).hostname or "localhost"
+        smtp_from = smtp_username if "@" in smtp_username else f"no-reply@{host}"
+        if smtp_from != smtp_username:
+            warnings.append(f"SMTP_FROM is not set; sign-in mails come from {smtp_from}")
 
     brand_dir = Path(get("BRAND_ASSETS_DIR"))
-    for name in ("logo.png", "logo_thumbnail.png"):
-        if not (brand_dir / name).is_file():
-            problems.append(f"BRAND_ASSETS_DIR has no {name}: {brand_dir}")
+    present = [name for name in BRAND_FILES if (brand_dir / name).is_file()]
+    if not present:
+        problems.append(f"BRAND_ASSETS_DIR has neither {' nor '.join(BRAND_FILES)}: {brand_dir}")
+    elif len(present) == 1:
+        warnings.append(f"BRAND_ASSETS_DIR has no {(set(BRAND_FILES) - set(present)).pop()}; "
+                        f"{present[0]} serves as both logo and favicon")
 
     trusted_proxy = get("TRUSTED_PROXY")
     try:
@@ -221,6 +235,7 @@ def load_config(environ=None, dotenv_path=".env"):
         smtp_security=security,
         brand_assets_dir=brand_dir,
         trusted_proxy=trusted_proxy,
+        warnings=tuple(warnings),
     )
     if problems:
         raise ConfigError(problems)

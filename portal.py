@@ -32,7 +32,7 @@ import jinja2
 
 import i18n
 from chatwoot_client import ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
-from config import HERE, ConfigError, load_config
+from config import BRAND_FILES, HERE, ConfigError, load_config
 from mailer import ConsoleMailer, Mailer, MailError
 from security import MagicLinkStore, RateLimiter, SessionStore, Signer
 
@@ -255,8 +255,10 @@ class Portal:
         # Files are read once: a request never touches the disk.
         self.static = _load_files((HERE / "static").glob("*.*"))
         brand = config.brand_assets_dir
-        self.brand = _load_files([brand / "logo.png", brand / "logo_thumbnail.png"])
-        self.brand["favicon.png"] = self.brand.pop("logo_thumbnail.png")
+        files = _load_files([brand / name for name in BRAND_FILES if (brand / name).is_file()])
+        # Either file stands in for the other when a brand folder has only one.
+        logo = files.get("logo.png") or files["logo_thumbnail.png"]
+        self.brand = {"logo.png": logo, "favicon.png": files.get("logo_thumbnail.png") or logo}
 
     # -- WSGI entry ---------------------------------------------------------
 
@@ -797,8 +799,10 @@ def main(argv=None):
         for problem in error.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
     if args.check:
-        print("Configuration: ok")
+        print("Configuration: ok" + "".join(f"\n  - note: {w}" for w in config.warnings))
         return 0 if check(config) else 1
     if args.demo:
         emails = ", ".join(sorted(seeded["contacts"]))

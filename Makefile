@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 AXE := $(VENV)/node_modules/axe-core/axe.min.js
-# Debian packages the deployment and browser tests drive: real Chromium, nginx and
-# systemd-analyze. Installed when missing and we may (root with apt-get);
+# Debian packages the deployment and browser tests drive: real Chromium, nginx,
+# systemd-analyze (and openssl for a throwaway certificate). Installed when missing and we may (root with apt-get);
 # otherwise those tests are skipped with a note, unless REQUIRE_SYSTEM_TOOLS=1.
-SYSTEM_PACKAGES := chromium chromium-driver nginx systemd
+SYSTEM_PACKAGES := chromium chromium-driver nginx systemd openssl
 
 .PHONY: demo test bench check system-tools clean
 
@@ -25,7 +25,8 @@ $(AXE):
 
 system-tools:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
-	    && command -v nginx >/dev/null && command -v systemd-analyze >/dev/null; then :; \
+	    && command -v nginx >/dev/null && command -v systemd-analyze >/dev/null \
+	    && command -v openssl >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else echo "note: install $(SYSTEM_PACKAGES) to run the browser, nginx and systemd tests"; fi

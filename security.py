@@ -223,6 +223,7 @@ class RateLimiter:
     Memory is bounded: at most `max_keys` keys are tracked, the least recently
     hit dropped first. A flood of distinct keys therefore evicts old entries
     rather than growing the dict; per-IP limits stop such a flood from one client.
+    Each key keeps a small tuple of hit times (a deque would cost ~600 bytes a key).
     """
 
     def __init__(self, limit, window, max_keys=10_000, clock=time.time):
@@ -230,22 +231,18 @@ class RateLimiter:
         self.window = window
         self.max_keys = max_keys
         self._clock = clock
-        self._hits = collections.OrderedDict()
+        self._hits = {}  # key -> tuple of hit times; dict order = least recently hit first
         self._lock = threading.Lock()
 
     def hit(self, key):
         """Count one attempt; True when it is within the limit."""
         now = self._clock()
         with self._lock:
-            times = self._hits.pop(key, None) or collections.deque()
-            while times and times[0] <= now - self.window:
-                times.popleft()
-            allowed = len(times) < self.limit
-            if allowed:
-                times.append(now)
-            self._hits[key] = times
+            recent = tuple(t for t in self._hits.pop(key, ()) if t > now - self.window)
+            allowed = len(recent) < self.limit
+            self._hits[key] = recent + (now,) if allowed else recent
             while len(self._hits) > self.max_keys:
-                self._hits.popitem(last=False)
+                del self._hits[next(iter(self._hits))]
             return allowed
 
     def __len__(self):

@@ -185,7 +185,9 @@ def require_tools(*names):
     import os
     import shutil
 
-    missing = [name for name in names if shutil.which(name) is None]
+    # Debian keeps nginx in /usr/sbin, which is not on every user's PATH.
+    search = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
+    missing = [name for name in names if shutil.which(name, path=search) is None]
     if missing:
         message = f"missing system tools: {', '.join(missing)} (apt-get install them)"
         if os.environ.get("REQUIRE_SYSTEM_TOOLS") == "1":

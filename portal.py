@@ -91,17 +91,22 @@ class Response:
         self.headers = [("Content-Type", content_type), *headers]
 
     def set_cookie(self, name, value, path, secure, max_age=None):
-        cookie = http.cookies.SimpleCookie()
-        cookie[name] = value
-        morsel = cookie[name]
-        morsel["path"] = path
-        morsel["httponly"] = True
-        morsel["samesite"] = "Lax"
-        if secure:
-            morsel["secure"] = True
-        if max_age is not None:
-            morsel["max-age"] = max_age
-        self.headers.append(("Set-Cookie", morsel.OutputString()))
+        self.headers.append(cookie_header(name, value, path, secure, max_age))
+
+
+def cookie_header(name, value, path, secure, max_age=None):
+    """Every cookie of the portal: HttpOnly, SameSite=Lax, Secure over https."""
+    cookie = http.cookies.SimpleCookie()
+    cookie[name] = value
+    morsel = cookie[name]
+    morsel["path"] = path
+    morsel["httponly"] = True
+    morsel["samesite"] = "Lax"
+    if secure:
+        morsel["secure"] = True
+    if max_age is not None:
+        morsel["max-age"] = max_age
+    return ("Set-Cookie", morsel.OutputString())
 
 
 class HTTPError(Exception):
@@ -280,8 +285,8 @@ class Portal:
         if not any(name == "Cache-Control" for name, _ in headers):
             headers.append(("Cache-Control", "no-store"))  # pages carry personal data
         if request.new_csrf_seed and response.headers[0][1].startswith("text/html"):
-            response.set_cookie(CSRF_COOKIE, request.csrf_seed, self.cookie_path, self.config.secure_cookies)
-            headers.append(response.headers[-1])
+            # The page's forms carry the HMAC of this new seed (see csrf_token).
+            headers.append(cookie_header(CSRF_COOKIE, request.csrf_seed, self.cookie_path, self.config.secure_cookies))
         headers.append(("Content-Length", str(len(response.body))))
         start_response(STATUS_TEXT.get(response.status, f"{response.status} Error"), headers)
         log.info("request %s %s %s %.1fms", request.method, request.route_label, response.status,
@@ -325,7 +330,9 @@ class Portal:
     def csrf_valid(self, request):
         if request.new_csrf_seed:
             return False  # no cookie: the form did not come from this browser's page
-        return hmac.compare_digest(request.field("csrf_token"), self.csrf_token(request))
+        # Bytes: compare_digest refuses str with non-ASCII characters.
+        untrusted_token = request.field("csrf_token").encode("utf-8")
+        return hmac.compare_digest(untrusted_token, self.csrf_token(request).encode("ascii"))
 
     def current_session(self, request):
         session_id = self.signer.unsign("session", request.cookies.get(SESSION_COOKIE))

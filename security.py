@@ -55,7 +55,8 @@ class Signer:
         value, sep, signature = (untrusted_signed or "").rpartition(".")
         if not sep or not value:
             return None
-        if hmac.compare_digest(signature, self.signature(purpose, value)):
+        # Bytes: compare_digest refuses str with non-ASCII characters.
+        if hmac.compare_digest(signature.encode("utf-8"), self.signature(purpose, value).encode("ascii")):
             return value
         return None
 

@@ -683,3 +683,17 @@ def test_an_unknown_or_escaping_file_path_is_404(portal, path):
     page = portal.browser().get(portal.url(path))
     assert page.status == 404
     assert b"SESSION_SECRET" not in page.body and b"import " not in page.body
+
+
+def test_a_csrf_token_with_non_ascii_characters_is_refused_with_403_not_a_crash(portal):
+    browser = portal.browser()
+    page = browser.get(portal.url("/"))
+    fields = dict(page.form("/auth/request").fields, csrf_token="é" * 43, email="jane@example.com")
+    assert browser.post(portal.url("/auth/request"), fields).status == 403
+
+
+def test_a_session_cookie_with_non_ascii_characters_just_means_signed_out(portal):
+    browser = portal.browser()  # no cookies of its own: the raw header below is all it sends
+    raw_cookie = "portal_session=abc.\u00e9\u00e9".encode("utf-8").decode("latin-1")
+    page = browser.request("GET", portal.url("/dashboard"), headers={"Cookie": raw_cookie})
+    assert page.status == 200 and "/portal/?" in page.url

@@ -34,6 +34,7 @@ import i18n
 from chatwoot_client import ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
 from config import BRAND_FILES, HERE, ConfigError, load_config
 from mailer import ConsoleMailer, Mailer, MailError
+from markup import agent_markdown
 from security import MagicLinkStore, RateLimiter, SessionStore, Signer
 
 log = logging.getLogger("portal")
@@ -166,7 +167,10 @@ class Request:
         if content_type == "application/x-www-form-urlencoded":
             try:
                 text = body.decode("utf-8")
-                self.form = urllib.parse.parse_qs(text, keep_blank_values=True, max_num_fields=50)
+                fields = urllib.parse.parse_qs(text, keep_blank_values=True, max_num_fields=50)
+                # Browsers send a textarea's line breaks as CRLF (HTML spec); Chatwoot
+                # and the length limits (like the textarea's maxlength) count one.
+                self.form = {name: [v.replace("\r\n", "\n") for v in values] for name, values in fields.items()}
             except (UnicodeDecodeError, ValueError):
                 raise HTTPError(400, "error_heading", "error_method") from None
 
@@ -257,6 +261,7 @@ class Portal:
             trim_blocks=True, lstrip_blocks=True,
         )
         self.templates.globals.update(SUBJECT_MAX_CHARS=SUBJECT_MAX_CHARS, MESSAGE_MAX_CHARS=MESSAGE_MAX_CHARS)
+        self.templates.filters["agent_markdown"] = agent_markdown
         # Files are read once: a request never touches the disk.
         self.static = _load_files((HERE / "static").glob("*.*"))
         brand = config.brand_assets_dir

@@ -454,6 +454,17 @@ def test_ticket_page_escapes_html_in_messages_and_subject(portal, fake, jane):
     assert "<img src=x" not in dashboard.text
 
 
+def test_agent_markdown_shows_as_emphasis_and_links_but_customer_text_as_typed(portal, fake, jane):
+    ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Markdown")
+    fake.add_message(ticket, "I wrote **not bold** here", "incoming")
+    fake.add_message(ticket, "Arrives **tomorrow at 9**, see [guide](https://example.com/g) <b>x</b>", "outgoing")
+    page = jane.get(portal.url(f"/tickets/{ticket}"))
+    assert "I wrote **not bold** here" in page.text
+    assert "<strong>tomorrow at 9</strong>" in page.text
+    assert '<a href="https://example.com/g" rel="noopener noreferrer nofollow">guide</a>' in page.text
+    assert "&lt;b&gt;x&lt;/b&gt;" in page.text
+
+
 def test_ticket_page_keeps_line_breaks_inside_the_message_body(portal, fake, jane):
     ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Lines")
     fake.add_message(ticket, "First line\nSecond line\n\nAfter a blank line")

@@ -1,0 +1,53 @@
+"""Agent messages to HTML: the small, safe part of Markdown that agents use.
+
+Chatwoot's dashboard editor writes Markdown (`**bold**`, `*italic*`, `` `code` ``,
+`[text](url)`), and a customer should see emphasis, not asterisks. This is the one
+place the portal makes HTML from text, so it is built to be obviously safe:
+
+* every piece of the message's own text is HTML-escaped before it is used;
+* the only tags made are <strong>, <em>, <code> and <a>;
+* links go only to http(s) URLs, whose characters cannot leave the attribute;
+* line breaks stay as text (the page shows them with `white-space: pre-wrap`).
+
+Block syntax (lists, quotes, headings) is left as typed: it reads well as plain
+text. Customer messages are never passed through here; they show as typed.
+"""
+
+import re
+
+from markupsafe import Markup, escape
+
+# Link targets: http(s) only, and no character that could end the attribute.
+_URL = r"https?://[^\s<>\"'()\[\]`]+"
+_TOKEN = re.compile(
+    r"`(?P<code>[^`\n]+)`"
+    rf"|\[(?P<label>[^\]\n]+)\]\((?P<target>{_URL})\)"
+    # A bare URL; trailing punctuation belongs to the sentence, not the link.
+    rf"|(?P<bare>{_URL}(?<![.,;:!?]))"
+)
+_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_ITALIC = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])|(?<!\w)_(?=\S)(.+?)(?<=\S)_(?!\w)")
+
+
+def agent_markdown(untrusted_text):
+    """Markup for an agent's message: escaped text with inline Markdown applied."""
+    parts, position = [], 0
+    for match in _TOKEN.finditer(untrusted_text):
+        parts.append(_emphasis(untrusted_text[position:match.start()]))
+        if match["code"] is not None:
+            parts.append(f"<code>{escape(match['code'])}</code>")
+        else:
+            target = match["target"] or match["bare"]
+            label = _emphasis(match["label"]) if match["label"] is not None else escape(target)
+            parts.append(f'<a href="{escape(target)}" rel="noopener noreferrer nofollow">{label}</a>')
+        position = match.end()
+    parts.append(_emphasis(untrusted_text[position:]))
+    return Markup("".join(parts))
+
+
+def _emphasis(untrusted_text):
+    # Markers survive escaping unchanged, and the tags added here carry no text
+    # of their own, so working on the escaped text is safe.
+    text = str(escape(untrusted_text))
+    text = _BOLD.sub(r"<strong>\1</strong>", text)
+    return _ITALIC.sub(lambda m: f"<em>{m.group(1) or m.group(2)}</em>", text)

@@ -43,7 +43,8 @@ MAX_FILTER_PAGES = 40  # 1000 tickets: far beyond any one customer's history
 # Chatwoot's server (Puma) and proxies drop idle connections after some seconds,
 # and a request sent on a connection the server is closing can fail.
 MAX_IDLE_SECONDS = 15
-POOL_SIZE = 16
+# Idle connections kept: up to two calls in flight for each of waitress' 16 threads.
+POOL_SIZE = 32
 
 STATUSES = ("open", "pending", "resolved", "snoozed")
 API_CHANNEL = "Channel::Api"
@@ -119,9 +120,9 @@ class ChatwootClient:
         self.timeout = timeout
         self._idle = queue.LifoQueue(maxsize=POOL_SIZE)
         self._ssl = ssl.create_default_context() if self._https else None
-        # Two calls of one ticket page run side by side; a few threads suffice
-        # because each waits on the network, not the CPU.
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="chatwoot")
+        # The second call of a ticket page runs here, beside the request thread.
+        # One worker per waitress thread (16): pages never queue behind each other.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="chatwoot")
         # After a 404/422 from conversations/filter (Chatwoot before 4.14.2),
         # don't ask again on every dashboard.
         self._filter_unsupported = False

@@ -5,7 +5,7 @@ checks that both languages carry the same placeholders for every key. Dates are
 formatted here too, because month names are words.
 """
 
-import datetime
+import time
 
 LANGUAGES = ("en", "es")
 DEFAULT_LANGUAGE = "en"
@@ -168,6 +168,6 @@ def translate(lang, key, **values):
 
 def format_time(lang, unix_seconds):
     """'25 Nov 2026, 16:33 UTC' / '25 nov 2026, 16:33 UTC'. Browsers with JS show local time."""
-    when = datetime.datetime.fromtimestamp(int(unix_seconds or 0), datetime.timezone.utc)
-    month = MONTHS[choose(lang)][when.month - 1]
-    return f"{when.day} {month} {when.year}, {when:%H:%M} UTC"
+    when = time.gmtime(int(unix_seconds or 0))  # cheaper than datetime: once per message
+    month = MONTHS[choose(lang)][when.tm_mon - 1]
+    return f"{when.tm_mday} {month} {when.tm_year}, {when.tm_hour:02d}:{when.tm_min:02d} UTC"

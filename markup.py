@@ -49,5 +49,15 @@ def _emphasis(untrusted_text):
     # Markers survive escaping unchanged, and the tags added here carry no text
     # of their own, so working on the escaped text is safe.
     text = str(escape(untrusted_text))
-    text = _BOLD.sub(r"<strong>\1</strong>", text)
-    return _ITALIC.sub(lambda m: f"<em>{m.group(1) or m.group(2)}</em>", text)
+    if "*" not in text and "_" not in text:
+        return text  # most text: no regex work at all
+    text = _BOLD.sub(_strong, text)
+    return _ITALIC.sub(_em, text)
+
+
+def _strong(match):
+    return f"<strong>{match.group(1)}</strong>"
+
+
+def _em(match):
+    return f"<em>{match.group(1) or match.group(2)}</em>"

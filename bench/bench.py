@@ -84,6 +84,11 @@ class Bench:
             for m in range(6):
                 self.fake.add_message(ticket, f"Message {m} of ticket {n}", "incoming" if m % 2 == 0 else "outgoing")
         self.ticket = ticket  # 6 messages: within one page
+        self.long_ticket = self.fake.add_conversation(self.contact, self.inbox, "A long story", "open")
+        for m in range(500):
+            text = (f"Customer line {m}\nwith a second line" if m % 2 == 0
+                    else f"Agent answer {m} with **bold**, `code` and https://example.com/{m}")
+            self.fake.add_message(self.long_ticket, text, "incoming" if m % 2 == 0 else "outgoing")
         self.fake.add_conversation(other, self.inbox, "Someone else's", "open")
         self.mailbox = Mailbox()
         smtp_port = free_port()
@@ -240,6 +245,7 @@ def main():
         bench.fake.delay = 0
         instant = {name: statistics.median(bench.sequential(browser, path, args.requests))
                    for name, path in (("dashboard", dashboard), ("ticket page", ticket))}
+        long_page = statistics.median(bench.sequential(browser, f"/portal/tickets/{bench.long_ticket}", 30))
         peak_before_flood = rss_kib(bench.process.pid, "VmHWM")
         flood_before, flood_after, statuses, flood_seconds = bench.flood(args.flood, args.concurrency)
         _, flood_again, _, _ = bench.flood(args.flood, args.concurrency, offset=args.flood)
@@ -258,6 +264,8 @@ def main():
         p50 = statistics.median(seq)
         print(f"| {name} | {p50:.1f} | {percentile(seq, 0.95):.1f} | {statistics.median(conc):.1f} | "
               f"{percentile(conc, 0.95):.1f} | {rps:.0f} | {p50 - args.delay_ms:.1f} | {instant[name]:.1f} |")
+    print(f"\nA 500-message ticket page with an instant upstream: {long_page:.1f} ms p50 "
+          "(fetching, filtering, Markdown and rendering the whole thread)")
     print("\nMemory of the portal process")
     print("| measure | MiB |\n| --- | --- |")
     print(f"| peak RSS before the flood | {peak_before_flood / 1024:.1f} |")

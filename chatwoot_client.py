@@ -224,7 +224,11 @@ class ChatwootClient:
         except BaseException:
             thread.cancel()
             raise
-        return ticket, thread.result()
+        messages = thread.result()
+        if not ticket.subject:  # as on the dashboard: an excerpt of the first message
+            first = next((m.content for m in messages if m.content.strip()), "")
+            ticket = dataclasses.replace(ticket, subject=_excerpt(first))
+        return ticket, messages
 
     def thread(self, conversation_id):
         """Every public message, oldest first, reading as many pages as it takes."""

@@ -562,8 +562,7 @@ class Portal:
                 return self.reply_form_again(request, ticket_id, reply, failure)
             return self.unavailable(request, failure)
         self.check_owner(ticket, session)
-        first = next((m.content for m in thread if m.content.strip()), "")
-        title = ticket.subject or _excerpt(first) or i18n.translate(request.lang, "ticket_number", id=ticket.id)
+        title = ticket.subject or i18n.translate(request.lang, "ticket_number", id=ticket.id)
         return self.render(request, "ticket.html", status, ticket=ticket, title=title, thread=thread,
                            reply=reply, error=error, form_id=secrets.token_urlsafe(16))
 
@@ -701,11 +700,6 @@ def _safe_next(untrusted_path):
     if path in ("/dashboard", "/tickets/new") or re.fullmatch(r"/tickets/[0-9]{1,10}", path):
         return path
     return ""
-
-
-def _excerpt(text, limit=80):
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _iso(seconds):

@@ -58,6 +58,10 @@ class ChatwootError(Exception):
 class ChatwootUnavailable(ChatwootError):
     """Chatwoot could not answer usefully now (down, slow, overloaded, garbled)."""
 
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status  # the HTTP status, when there was an answer
+
 
 class ChatwootRejected(ChatwootError):
     """Chatwoot refused the request (4xx)."""
@@ -115,7 +119,9 @@ class ChatwootClient:
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
-        self._prefix = parts.path.rstrip("/") + f"/api/v1/accounts/{account_id}"
+        self._api = parts.path.rstrip("/") + "/api/v1"
+        self._prefix = self._api + f"/accounts/{account_id}"
+        self._account_id = int(account_id)
         self._token = token
         self.timeout = timeout
         self._idle = queue.LifoQueue(maxsize=POOL_SIZE)
@@ -144,6 +150,10 @@ class ChatwootClient:
         if len(matches) != 1:
             return None
         contact = matches[0]
+        if contact.get("blocked") is True:
+            # Blocked in Chatwoot: its tickets are closed on arrival and replies
+            # never reopen them. Treated as unknown, like any non-customer.
+            return None
         return Contact(int(contact["id"]), email, str(contact.get("name") or ""))
 
     # -- Tickets ------------------------------------------------------------
@@ -153,7 +163,7 @@ class ChatwootClient:
         data = self._call("GET", f"/contacts/{int(contact_id)}/conversations")
         items = _list(data, "payload")
         if len(items) >= CONTACT_CONVERSATIONS_LIMIT and not self._filter_unsupported:
-            items = self._all_conversations(contact_id) or items
+            items = items + self._all_conversations(contact_id)
         tickets = {}
         for item in items:
             ticket = _ticket(item)
@@ -165,6 +175,13 @@ class ChatwootClient:
         return self._with_subjects(ordered)
 
     def _all_conversations(self, contact_id):
+        """The complete list from `conversations/filter` (Chatwoot 4.14.2+), or [].
+
+        Older Chatwoot refuses the `contact_id` key (422), and before that may fail
+        (500) or ignore it; then the contact's latest conversations must do, and
+        the filter is not asked again. Anything else (slow, down) only costs the
+        completeness of this one page.
+        """
         items = []
         body = {"payload": [{"attribute_key": "contact_id", "filter_operator": "equal_to",
                              "values": [int(contact_id)], "query_operator": None}]}
@@ -172,11 +189,17 @@ class ChatwootClient:
             try:
                 data = self._call("POST", "/conversations/filter", query={"page": page},
                                   body=body, idempotent=True)
-            except ChatwootRejected as error:
-                log.warning("conversations/filter refused (%s); showing the contact's latest conversations only", error.status)
+                batch = _list(data, "payload")
+            except ChatwootError as error:
+                if isinstance(error, ChatwootRejected) or error.status == 500:
+                    self._filter_unsupported = True
+                log.warning("conversations/filter failed (%s); showing the contact's latest conversations", error)
+                return items
+            owners = {ticket.contact_id for ticket in map(_ticket, batch) if ticket}
+            if owners - {contact_id}:
+                log.warning("conversations/filter ignored contact_id; showing the contact's latest conversations")
                 self._filter_unsupported = True
-                return None
-            batch = _list(data, "payload")
+                return []
             items.extend(batch)
             if len(batch) < CONVERSATION_FILTER_PAGE_SIZE:
                 break
@@ -291,6 +314,21 @@ class ChatwootClient:
         channel = inbox.get("channel_type") if isinstance(inbox, dict) else None
         if channel and channel != API_CHANNEL:
             return [f"Inbox {inbox_id} is a {channel} inbox; new tickets need an API-type inbox"]
+        return self._check_role()
+
+    def _check_role(self):
+        """An agent's token silently misses inboxes it is not a member of (contract §1.2)."""
+        try:
+            profile = self._call("GET", "/profile", account=False)
+        except ChatwootError:
+            return []  # the other checks passed; the role cannot be read here
+        accounts = profile.get("accounts") if isinstance(profile, dict) else None
+        for entry in accounts if isinstance(accounts, list) else ():
+            if isinstance(entry, dict) and entry.get("id") == self._account_id:
+                role = entry.get("role")
+                if role and role != "administrator":
+                    return [f"CHATWOOT_API_TOKEN belongs to a user with the {role} role; use an "
+                            "administrator's token, or customers miss tickets of inboxes that user is not in"]
         return []
 
     def close(self):
@@ -303,7 +341,7 @@ class ChatwootClient:
 
     # -- HTTP ---------------------------------------------------------------
 
-    def _call(self, method, path, query=None, body=None, idempotent=None):
+    def _call(self, method, path, query=None, body=None, idempotent=None, account=True):
         """JSON from one API call, or a ChatwootError.
 
         A read that fails on a reused keep-alive connection is retried once on a
@@ -312,7 +350,7 @@ class ChatwootClient:
         message.
         """
         idempotent = method == "GET" if idempotent is None else idempotent
-        url = self._prefix + path
+        url = (self._prefix if account else self._api) + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
         payload = json.dumps(body).encode("utf-8") if body is not None else None
@@ -323,7 +361,7 @@ class ChatwootClient:
         status = "error"
         try:
             for attempt in (1, 2):
-                connection, reused = self._connection()
+                connection, reused = self._connection(fresh=attempt == 2)
                 try:
                     connection.request(method, url, body=payload, headers=headers)
                     _ack_promptly(connection.sock)
@@ -345,8 +383,8 @@ class ChatwootClient:
             log.info("chatwoot %s %s %s %.1fms", method, _route_of(path), status,
                      (time.monotonic() - started) * 1000)
 
-    def _connection(self):
-        while True:
+    def _connection(self, fresh=False):
+        while not fresh:
             try:
                 connection, idle_since = self._idle.get_nowait()
             except queue.Empty:
@@ -381,10 +419,17 @@ def _decode(status, raw):
             raise ChatwootUnavailable(f"HTTP {status} with a body that is not JSON")
         return data
     if status == 429 or status >= 500:
-        raise ChatwootUnavailable(f"HTTP {status}")
+        raise ChatwootUnavailable(f"HTTP {status}", status)
+    if 300 <= status < 400:
+        raise ChatwootUnavailable(f"HTTP {status} redirect: check the scheme and path of CHATWOOT_URL")
     message = _error_message(data) or f"HTTP {status}"
     if status == 404:
-        raise ChatwootNotFound(status, message)
+        # Chatwoot's "Resource could not be found" is JSON with just an error. A 404
+        # page from a proxy (HTML) or Rails' routing ({"status":404,...}) means the
+        # URL is wrong or Chatwoot is half-deployed, not that the ticket is gone.
+        if isinstance(data, dict) and "error" in data and "status" not in data:
+            raise ChatwootNotFound(status, message)
+        raise ChatwootUnavailable(f"HTTP 404 from something that is not the Chatwoot API: {message}")
     raise ChatwootRejected(status, message)
 
 
@@ -432,9 +477,27 @@ def _ticket(item):
         subject=str(subject or "").strip(),
         status=status,
         created_at=_int(item.get("created_at")),
-        last_activity_at=_int(item.get("last_activity_at")) or _int(item.get("created_at")),
+        last_activity_at=_public_activity(item),
         channel=str((item.get("meta") or {}).get("channel") or ""),
     )
+
+
+def _public_activity(item):
+    """When the customer-visible thread last changed.
+
+    `last_activity_at` moves with private notes and assignment lines too, so
+    showing it would tell the customer when agents worked on the ticket
+    internally. The conversation carries its latest message and latest
+    non-activity message; the newer public one of them is the public activity.
+    """
+    created = _int(item.get("created_at"))
+    candidates = list(item.get("messages") or []) + [item.get("last_non_activity_message")]
+    if "messages" not in item and "last_non_activity_message" not in item:
+        return _int(item.get("last_activity_at")) or created  # a server that omits both
+    public = [_int(m.get("created_at")) for m in candidates
+              if isinstance(m, dict) and m.get("private") in (False, None)
+              and m.get("message_type") in (INCOMING, OUTGOING, TEMPLATE)]
+    return max(public + [created])
 
 
 def _public_messages(raw_messages):
@@ -445,8 +508,8 @@ def _public_messages(raw_messages):
         if not isinstance(raw, dict) or raw.get("private") not in (False, None):
             continue
         message_type = raw.get("message_type")
-        if message_type not in (INCOMING, OUTGOING, TEMPLATE):
-            continue
+        if message_type not in (INCOMING, OUTGOING, TEMPLATE) or raw.get("content_type") == "input_csat":
+            continue  # activity lines are internal; a CSAT survey cannot be answered here
         content = raw.get("content")
         content = content if isinstance(content, str) else ""
         # The dashboard editor writes a hard line break as backslash + newline.

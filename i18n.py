@@ -106,6 +106,8 @@ MESSAGES = {
                       "Este ticket está resuelto. Si envías una respuesta, se volverá a abrir."),
     "reply_by_email": ("This ticket was opened by e-mail. To add to it, reply to the last e-mail you received from us.",
                        "Este ticket se abrió por correo. Para añadir algo, responde al último correo que te enviamos."),
+    "reply_elsewhere": ("This conversation started in another channel. To add to it, answer there, where you wrote to us first.",
+                        "Esta conversación empezó en otro canal. Para añadir algo, responde allí, donde nos escribiste primero."),
     "reply_sent": ("Your reply was sent.", "Tu respuesta se ha enviado."),
     "reply_sent_reopened": ("Your reply was sent and the ticket is open again.", "Tu respuesta se ha enviado y el ticket vuelve a estar abierto."),
     "cancel_heading": ("Cancel this ticket", "Cancelar este ticket"),

@@ -71,6 +71,8 @@ SECURITY_HEADERS = [
 ]
 
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]{2,}")
+# C0 controls and DEL, except tab and line feed (a lone CR is kept out too).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 NOTICES = ("signin_required", "session_expired", "signed_out")
 
 STATUS_TEXT = {
@@ -154,6 +156,11 @@ class Request:
     def field(self, name):
         values = self.form.get(name)
         return values[0] if values else ""
+
+    def text_field(self, name):
+        """A field of free text for Chatwoot: control characters other than tab and
+        line feed removed (a NUL breaks Chatwoot's database write)."""
+        return _CONTROL_CHARACTERS.sub("", self.field(name))
 
     def read_form(self):
         try:
@@ -505,8 +512,8 @@ class Portal:
                            form_id=secrets.token_urlsafe(16))
 
     def create_ticket(self, request):
-        untrusted_subject = request.field("subject")
-        untrusted_message = request.field("message")
+        untrusted_subject = request.text_field("subject")
+        untrusted_message = request.text_field("message")
         form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
         if request.session is None:
             draft = "\n\n".join(part for part in (untrusted_subject, untrusted_message) if part.strip())
@@ -568,7 +575,7 @@ class Portal:
 
     def reply(self, request, ticket_id):
         ticket_id = int(ticket_id)
-        untrusted_message = request.field("message")
+        untrusted_message = request.text_field("message")
         if request.session is None:
             return self.signin_with_draft(request, f"/tickets/{ticket_id}", untrusted_message)
         session = request.session

@@ -434,16 +434,22 @@ def _decode(status, raw):
 
 
 def _error_message(data):
-    """Chatwoot's errors come in three shapes (contract §1.4)."""
+    """Chatwoot's errors come in three shapes (contract §1.4).
+
+    The text ends up in log lines, so it is cut short and kept on one line: an
+    error that echoes input must not be able to forge log lines.
+    """
     if not isinstance(data, dict):
         return ""
     if isinstance(data.get("error"), str):
-        return data["error"]
-    if isinstance(data.get("errors"), list):
-        return "; ".join(str(e) for e in data["errors"])
-    if isinstance(data.get("message"), str):
-        return data["message"]
-    return ""
+        text = data["error"]
+    elif isinstance(data.get("errors"), list):
+        text = "; ".join(str(e) for e in data["errors"])
+    elif isinstance(data.get("message"), str):
+        text = data["message"]
+    else:
+        return ""
+    return " ".join(text.split())[:200]
 
 
 def _list(data, key):

@@ -62,7 +62,7 @@ SETTINGS = (
     Setting("SMTP_FROM", "", "From address of sign-in mails; defaults to SMTP_USERNAME, else no-reply@ the PORTAL_URL host."),
     Setting("SMTP_SECURITY", "starttls", "starttls, ssl or none (none only for a local relay)."),
     Setting("BRAND_ASSETS_DIR", str(DEFAULT_BRAND_ASSETS_DIR), "Folder holding logo.png and logo_thumbnail.png (Chatwoot's public/brand-assets)."),
-    Setting("TRUSTED_PROXY", "127.0.0.1", "Address of the reverse proxy whose X-Forwarded-For / X-Forwarded-Proto are believed."),
+    Setting("TRUSTED_PROXY", "127.0.0.1", "Address of the reverse proxy whose X-Forwarded-For (the client address for rate limits) is believed."),
 )
 
 SMTP_SECURITY_CHOICES = ("starttls", "ssl", "none")

@@ -6,6 +6,8 @@ host. Each send opens its own connection with a timeout, so a stuck mail server 
 one request a few seconds, never a thread forever. Failures become MailError.
 """
 
+import email.errors
+import email.headerregistry
 import email.message
 import email.utils
 import logging
@@ -30,18 +32,45 @@ class Mailer:
     def send(self, to, subject, text, html):
         message = email.message.EmailMessage()
         message["From"] = self._config.smtp_from
-        message["To"] = to
+        try:
+            # One address, never a list: "x:evil@example.com;" must not reach evil.
+            message["To"] = email.headerregistry.Address(addr_spec=to)
+        except (ValueError, IndexError, email.errors.HeaderParseError):
+            raise MailError("failed (not a single address)") from None
         message["Subject"] = subject
         message["Date"] = email.utils.formatdate(localtime=False)
         message["Message-ID"] = email.utils.make_msgid(domain=self._config.smtp_from.rpartition("@")[2] or None)
         message["Auto-Submitted"] = "auto-generated"  # no out-of-office replies to a robot
         message.set_content(text)
         message.add_alternative(html, subtype="html")
+        self._session("send", to, lambda smtp: smtp.send_message(message, to_addrs=[to]))
+
+    def rehearse(self, to):
+        """Everything a send does but the message itself, for an address that gets none.
+
+        Sign-in requests for unknown addresses go through the same connection,
+        TLS, login and envelope as real ones (the envelope names our own address,
+        and RSET drops it), so neither the answer nor its timing tells whether an
+        address belongs to a customer, and an SMTP outage shows for both alike.
+        """
+        sender = email.utils.parseaddr(self._config.smtp_from)[1]
+
+        def envelope(smtp):
+            smtp.ehlo_or_helo_if_needed()
+            for command in (lambda: smtp.mail(sender), lambda: smtp.rcpt(sender)):
+                code, _ = command()
+                if code >= 400:
+                    raise smtplib.SMTPResponseException(code, b"")
+            smtp.rset()
+
+        self._session("rehearse", to, envelope)
+
+    def _session(self, action, to, work):
         started = time.monotonic()
-        outcome = "sent"
+        outcome = "sent" if action == "send" else "ok"
         try:
             with self._open() as smtp:
-                smtp.send_message(message)
+                work(smtp)
         except (OSError, smtplib.SMTPException) as error:
             # Only the kind of failure and its SMTP code: a server's reply text and
             # SMTPRecipientsRefused both tend to quote the recipient's address.
@@ -49,7 +78,8 @@ class Mailer:
             outcome = f"failed ({type(error).__name__}{f' {code}' if code else ''})"
             raise MailError(outcome) from None
         finally:
-            log.info("smtp send to=%s %s %.1fms", self._pseudonym(to), outcome, (time.monotonic() - started) * 1000)
+            log.info("smtp %s to=%s %s %.1fms", action, self._pseudonym(to), outcome,
+                     (time.monotonic() - started) * 1000)
 
     def check(self):
         """Problems reaching and logging in to the SMTP server (empty: fine)."""
@@ -90,6 +120,9 @@ class ConsoleMailer:
 
     def send(self, to, subject, text, html):
         print(f"\n--- mail to {to}: {subject}\n{text}\n---\n", file=self._stream, flush=True)
+
+    def rehearse(self, to):
+        pass
 
     def check(self):
         return []

@@ -18,15 +18,19 @@ import re
 from markupsafe import Markup, escape
 
 # Link targets: http(s) only, and no character that could end the attribute.
-_URL = r"https?://[^\s<>\"'()\[\]`]+"
+_URL = r"https?://[^\s<>\"'()\[\]`*]+"
 _TOKEN = re.compile(
     r"`(?P<code>[^`\n]+)`"
     rf"|\[(?P<label>[^\]\n]+)\]\((?P<target>{_URL})\)"
     # A bare URL; trailing punctuation belongs to the sentence, not the link.
     rf"|(?P<bare>{_URL}(?<![.,;:!?]))"
 )
-_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
-_ITALIC = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])|(?<!\w)_(?=\S)(.+?)(?<=\S)_(?!\w)")
+# Emphasis cannot contain its own marker and spans at most 500 characters, so each
+# match attempt stops at the next marker: linear time even on a pasted log full
+# of unclosed `*` or `_` (an open-ended `.+?` took minutes on 150,000 characters).
+_BOLD = re.compile(r"\*\*(?=\S)([^*\n]{1,500}?)(?<=\S)\*\*")
+_ITALIC = re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]{1,500}?)(?<=[^\s*])\*(?![\w*])"
+                     r"|(?<!\w)_(?=\S)([^_\n]{1,500}?)(?<=\S)_(?!\w)")
 
 
 def agent_markdown(untrusted_text):

@@ -11,7 +11,6 @@ log one line. Handlers parse input, call `chatwoot_client`, render a template; o
 """
 
 import argparse
-import contextlib
 import hashlib
 import hmac
 import http.cookies
@@ -19,7 +18,6 @@ import ipaddress
 import json
 import logging
 import mimetypes
-import random
 import os
 import re
 import secrets
@@ -70,7 +68,10 @@ SECURITY_HEADERS = [
     ("Cross-Origin-Opener-Policy", "same-origin"),
 ]
 
-EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]{2,}")
+# One plain address: no spaces, and none of the characters that make an address
+# list or a display name in a mail header (RFC 5322 specials).
+_ADDRESS_CHARACTER = r"[^\s@,;:<>()\[\]\"\\]"
+EMAIL_PATTERN = re.compile(rf"{_ADDRESS_CHARACTER}+@{_ADDRESS_CHARACTER}+\.[^\s@,;:<>()\[\]\"\\.]{{2,}}")
 # C0 controls and DEL, except tab and line feed (a lone CR is kept out too).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 NOTICES = ("signin_required", "session_expired", "signed_out")
@@ -133,12 +134,16 @@ class Request:
         self.environ = environ
         self.method = environ["REQUEST_METHOD"].upper()
         self.unsafe_path = environ.get("PATH_INFO", "") or "/"
-        self.query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=20)
+        try:
+            self.query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=20)
+        except ValueError:  # more fields than any portal URL has
+            self.query = {"": ["too many fields"]}
         self.cookies = _parse_cookies(environ.get("HTTP_COOKIE", ""))
         self.client_ip = _client_ip(environ, portal.config.trusted_proxy)
         self.form = {}
         self.route_label = "-"
         self.session = None
+        self.signed_session_id = ""  # from a cookie with a valid signature, live or not
         self.had_session_cookie = SESSION_COOKIE in self.cookies
         untrusted_lang = self.cookies.get(LANG_COOKIE)
         self.lang_from_cookie = untrusted_lang in i18n.LANGUAGES
@@ -183,12 +188,21 @@ class Request:
 
 
 def _parse_cookies(header):
-    cookie = http.cookies.SimpleCookie()
-    try:
-        cookie.load(header)
-    except http.cookies.CookieError:
-        return {}
-    return {name: morsel.value for name, morsel in cookie.items()}
+    """name -> value from a Cookie header, tolerant of other applications' cookies.
+
+    SimpleCookie drops the whole header when any cookie on the domain is not to
+    its taste (a space, a quote), which would sign customers out because of
+    Chatwoot's or another app's cookies. The portal's own values are plain ASCII
+    tokens, checked by their signatures. The first of duplicate names wins: the
+    browser sends the most specific path (/portal) first, so a cookie planted
+    for "/" cannot shadow ours.
+    """
+    cookies = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.strip().partition("=")
+        if sep and name and name not in cookies:
+            cookies[name] = value.strip().strip('"')
+    return cookies
 
 
 def _client_ip(environ, trusted_proxy):
@@ -206,6 +220,23 @@ def _client_ip(environ, trusted_proxy):
         except ValueError:
             pass
     return remote
+
+
+def _network_of(address):
+    """The rate-limit key of a client: its IPv4 address, or its IPv6 /64.
+
+    One IPv6 customer line usually holds a whole /64; keyed by full address, a
+    single client would have 2**64 separate limits.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is the IPv4 client 192.0.2.1
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def _same_address(untrusted_a, b):
@@ -250,7 +281,7 @@ def _route_label(pattern):
 # ---------------------------------------------------------------------------
 
 class Portal:
-    def __init__(self, config, client=None, mailer=None, clock=time.time, sleep=time.sleep):
+    def __init__(self, config, client=None, mailer=None, clock=time.time):
         self.config = config
         self.signer = Signer(config.session_secret)
         self.client = client or ChatwootClient(config.chatwoot_url, config.chatwoot_api_token,
@@ -260,11 +291,12 @@ class Portal:
         self.magic_links = MagicLinkStore(config.magic_link_minutes * 60, clock)
         self.limit_by_address = RateLimiter(*SIGNIN_PER_ADDRESS, clock=clock)
         self.limit_by_ip = RateLimiter(*SIGNIN_PER_IP, clock=clock)
-        self.mail_timing = MailTiming(sleep)
         self.cookie_path = config.base_path or "/"
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
-            autoescape=True, auto_reload=False, undefined=jinja2.StrictUndefined,
+            # Escape everything but the plain-text mail (an O'Brien is not O&#39;Brien).
+            autoescape=jinja2.select_autoescape(disabled_extensions=("txt",), default=True),
+            auto_reload=False, undefined=jinja2.StrictUndefined,
             trim_blocks=True, lstrip_blocks=True,
         )
         self.templates.globals.update(SUBJECT_MAX_CHARS=SUBJECT_MAX_CHARS, MESSAGE_MAX_CHARS=MESSAGE_MAX_CHARS)
@@ -323,12 +355,14 @@ class Portal:
                 allowed.append(route_method)
                 continue
             request.route_label = _route_label(pattern.pattern)
+            if "" in request.query:
+                raise HTTPError(400, "error_heading", "error_method")
+            request.session = self.current_session(request)
             if method == "POST":
                 request.read_form()
                 if not self.csrf_valid(request):
                     log.warning("csrf check failed for POST %s from %s", request.route_label, request.client_ip)
                     raise HTTPError(403, "error_csrf_heading", "error_csrf")
-            request.session = self.current_session(request)
             return getattr(self, handler_name)(request, **match.groupdict())
         if allowed:
             raise HTTPError(405, "error_heading", "error_method", [("Allow", ", ".join(sorted(set(allowed))))])
@@ -337,7 +371,14 @@ class Portal:
     # -- Cookies, CSRF, sessions -------------------------------------------
 
     def csrf_token(self, request):
-        return self.signer.signature("csrf", request.csrf_seed)
+        """HMAC of the browser's random seed cookie and, once signed in, the session id.
+
+        Binding to the session means a seed planted by someone who can set cookies
+        for this site is worthless against a signed-in customer. The id comes from
+        the signed cookie, not the live session, so a form typed while the session
+        timed out is still accepted and answered with the text to copy, not a 403.
+        """
+        return self.signer.signature("csrf", f"{request.csrf_seed}|{request.signed_session_id}")
 
     def csrf_valid(self, request):
         if request.new_csrf_seed:
@@ -348,6 +389,7 @@ class Portal:
 
     def current_session(self, request):
         session_id = self.signer.unsign("session", request.cookies.get(SESSION_COOKIE))
+        request.signed_session_id = session_id or ""
         return self.sessions.get(session_id) if session_id else None
 
     def require_session(self, request):
@@ -417,7 +459,7 @@ class Portal:
         if len(email) > EMAIL_MAX_CHARS or not EMAIL_PATTERN.fullmatch(email):
             return form_again(400, "error_email_invalid")
         pseudonym = self.signer.pseudonym(email)
-        if not self.limit_by_ip.hit(request.client_ip) or not self.limit_by_address.hit(email):
+        if not self.limit_by_ip.hit(_network_of(request.client_ip)) or not self.limit_by_address.hit(email):
             log.warning("sign-in rate limit reached email=%s ip=%s", pseudonym, request.client_ip)
             return form_again(429, "error_rate_limited")
         try:
@@ -425,18 +467,18 @@ class Portal:
         except ChatwootError as error:
             log.warning("contact lookup failed: %s", error)
             return form_again(503, "error_unavailable_page")
-        if contact is None:
-            log.info("sign-in link not sent: no contact email=%s", pseudonym)
-            self.mail_timing.imitate()
-        else:
-            token = self.magic_links.issue(contact.id, contact.email, contact.name, request.lang, next_path)
-            try:
-                with self.mail_timing.measure():
-                    self.send_link(request.lang, contact, token)
-            except MailError as error:
-                log.warning("sign-in mail failed email=%s: %s", pseudonym, error)
-                return form_again(503, "error_mail_failed")
-            log.info("sign-in link sent email=%s contact=%s", pseudonym, contact.id)
+        try:
+            if contact is None:
+                # Same SMTP conversation, minus the mail: see Mailer.rehearse.
+                self.mailer.rehearse(email)
+                log.info("sign-in link not sent: no contact email=%s", pseudonym)
+            else:
+                token = self.magic_links.issue(contact.id, contact.email, contact.name, request.lang, next_path)
+                self.send_link(request.lang, contact, token)
+                log.info("sign-in link sent email=%s contact=%s", pseudonym, contact.id)
+        except MailError as error:
+            log.warning("sign-in mail failed email=%s: %s", pseudonym, error)
+            return form_again(503, "error_mail_failed")
         # The same page whether or not the address is a contact: no enumeration.
         return self.render(request, "signin_sent.html", email=email,
                            minutes=self.config.magic_link_minutes)
@@ -539,7 +581,7 @@ class Portal:
             return form_again(400, errors)
         # A second copy of the same form (double click, resubmit) waits for the
         # first and lands on the same ticket instead of creating another.
-        done = self.sessions.once(session, form_id)
+        done = self.sessions.once(session, f"create:{form_id}")
         with done.lock:
             if done.result is None:
                 try:
@@ -585,7 +627,8 @@ class Portal:
         if len(message) > MESSAGE_MAX_CHARS:
             return self.render_ticket(request, session, ticket_id, 400, untrusted_message,
                                       error=i18n.translate(request.lang, "error_message_too_long", limit=MESSAGE_MAX_CHARS))
-        done = self.sessions.once(session, request.field("form_id")[:64] or secrets.token_urlsafe(16))
+        form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
+        done = self.sessions.once(session, f"reply:{ticket_id}:{form_id}")
         with done.lock:
             if done.result is None:
                 try:
@@ -664,33 +707,6 @@ class Portal:
 
     def brand_file(self, request, name):
         return _file_response(self.brand, name, request.arg("v"))
-
-
-class MailTiming:
-    """Makes "no such contact" take about as long as sending a sign-in mail.
-
-    Without it, the response time tells whether an address is a customer (a mail
-    was sent) even though the page is the same. Unknown addresses wait for a
-    moving average of recent send times, jittered and capped.
-    """
-
-    CAP_SECONDS = 2.0
-
-    def __init__(self, sleep):
-        self._sleep = sleep
-        self._average = 0.0
-        self._random = random.Random()
-
-    @contextlib.contextmanager
-    def measure(self):
-        started = time.monotonic()
-        yield
-        elapsed = time.monotonic() - started
-        self._average = elapsed if not self._average else 0.8 * self._average + 0.2 * elapsed
-
-    def imitate(self):
-        if self._average:
-            self._sleep(min(self.CAP_SECONDS, self._average * self._random.uniform(0.8, 1.2)))
 
 
 def redirect(location):

@@ -90,6 +90,9 @@ class DoneOnce:
 
 
 MAX_FORMS_PER_SESSION = 32
+# Sessions are made only by magic links (rate-limited mail), so this is never
+# reached in practice; it bounds memory if limits are ever set very high.
+MAX_SESSIONS = 100_000
 
 
 class SessionStore:
@@ -104,6 +107,8 @@ class SessionStore:
         session = Session(secrets.token_urlsafe(32), contact_id, email, name, self._clock())
         with self._lock:
             self._sweep_if_due()
+            while len(self._sessions) >= MAX_SESSIONS:  # the oldest sign-in goes first
+                del self._sessions[next(iter(self._sessions))]
             self._sessions[session.id] = session
         return session
 
@@ -221,10 +226,10 @@ class MagicLinkStore:
 class RateLimiter:
     """At most `limit` hits per key within `window` seconds.
 
-    Memory is bounded: at most `max_keys` keys are tracked, the least recently
-    hit dropped first. A flood of distinct keys therefore evicts old entries
-    rather than growing the dict; per-IP limits stop such a flood from one client.
-    Each key keeps a small tuple of hit times (a deque would cost ~600 bytes a key).
+    Memory is bounded: at most `max_keys` keys are tracked. Keys idle for a whole
+    window are forgotten; a key still counting is never dropped, so when the table
+    is full of live keys a new key is refused until some go idle. Each key keeps a
+    small tuple of hit times (a deque would cost ~600 bytes a key).
     """
 
     def __init__(self, limit, window, max_keys=10_000, clock=time.time):
@@ -240,11 +245,24 @@ class RateLimiter:
         now = self._clock()
         with self._lock:
             recent = tuple(t for t in self._hits.pop(key, ()) if t > now - self.window)
+            if not recent and len(self._hits) >= self.max_keys:
+                self._forget_idle_keys(now)
+                if len(self._hits) >= self.max_keys:
+                    # Full of keys still inside their window. Evicting one would
+                    # reset its count: a flood of new keys could then wash a
+                    # victim's limit away. New keys wait instead (memory stays bounded).
+                    return False
             allowed = len(recent) < self.limit
             self._hits[key] = recent + (now,) if allowed else recent
-            while len(self._hits) > self.max_keys:
-                del self._hits[next(iter(self._hits))]
             return allowed
+
+    def _forget_idle_keys(self, now):
+        # Keys sit in the order of their last hit, so the idle ones are a prefix.
+        while self._hits:
+            key = next(iter(self._hits))
+            if self._hits[key] and self._hits[key][-1] > now - self.window:
+                return
+            del self._hits[key]
 
     def __len__(self):
         with self._lock:

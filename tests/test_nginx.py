@@ -362,6 +362,18 @@ def test_the_whole_journey_through_nginx_sign_in_create_reply_cancel(front, smtp
     assert ("POST", "toggle_status") in writes
 
 
+def test_sign_in_tokens_stay_out_of_the_nginx_access_log(front, smtp, tmp_path):
+    browser = front.browser()
+    browser.submit(browser.get("/portal/"), "/auth/request", email="jane@example.com")
+    link = smtp.link_for("jane@example.com")
+    token = link.rsplit("=", 1)[1]
+    page = browser.submit(browser.get(link), "/auth/verify")
+    assert page.url.endswith("/portal/dashboard")
+    log = (tmp_path / "access.log").read_text()
+    assert "/portal/dashboard" in log  # the log works...
+    assert token not in log and "/auth/verify" not in log  # ...and has no sign-in link
+
+
 @pytest.mark.parametrize("path", ["/portal/", "/portal/no-such-page", "/portal/static/no-such-file.css"])
 def test_portal_answers_through_nginx_carry_hsts_and_the_portals_own_security_headers(front, path):
     page = front.browser().get(path)

@@ -33,6 +33,9 @@ log = logging.getLogger("portal.chatwoot")
 # includes every message.
 MESSAGE_PAGE_SIZE = 1000
 MAX_MESSAGE_ID = 2147483647
+# A thread longer than this (20,000 messages) is not a support ticket any more;
+# the cap keeps one page view from reading without end.
+MAX_THREAD_PAGES = 20
 # `contacts/{id}/conversations` stops at 20 (25 in later releases); at that size
 # the list may be cut, so the complete list is read from `conversations/filter`.
 CONTACT_CONVERSATIONS_LIMIT = 20
@@ -256,7 +259,7 @@ class ChatwootClient:
     def thread(self, conversation_id):
         """Every public message, oldest first, reading as many pages as it takes."""
         messages, after = [], 0
-        while True:
+        for _ in range(MAX_THREAD_PAGES):
             data = self._call("GET", f"/conversations/{int(conversation_id)}/messages",
                               query={"after": after, "before": MAX_MESSAGE_ID,
                                      "filter_internal_messages": "true"})
@@ -266,6 +269,9 @@ class ChatwootClient:
             if len(page) < MESSAGE_PAGE_SIZE or not ids:
                 break
             after = max(ids) + 1  # `after` is inclusive when `before` is given
+        else:
+            log.warning("conversation %s has more than %d messages; showing the first ones",
+                        conversation_id, MAX_THREAD_PAGES * MESSAGE_PAGE_SIZE)
         messages.sort(key=lambda m: (m.created_at, m.id))
         return messages
 

@@ -6,11 +6,14 @@ customer sees and in the fake's record of what Chatwoot was asked to do.
 """
 
 import html.parser
+import json
 import re
 import threading
+import time
 
 import pytest
 
+import fake_chatwoot
 from conftest import sign_in
 
 JANE = "jane@example.com"
@@ -671,3 +674,77 @@ def test_pages_after_sign_in_never_look_the_contact_up_again(portal, fake, jane)
     assert fake.calls, "the pages made no Chatwoot calls at all"
     assert not [c for c in fake.calls if "/contacts/filter" in c[1] or "/contacts/search" in c[1]]
     assert not [c for c in fake.calls if re.search(r"/contacts/\d+$", c[1])]
+
+
+def _answer_differently(monkeypatch, path_part, answer):
+    """Make the fake answer one kind of request its own way (an older or odder Chatwoot)."""
+    original = fake_chatwoot.FakeChatwoot._answer
+
+    def patched(self, method, target, headers, raw_body):
+        if path_part in target:
+            self.calls.append((method, target.split("?")[0], {}))
+            return answer
+        return original(self, method, target, headers, raw_body)
+
+    monkeypatch.setattr(fake_chatwoot.FakeChatwoot, "_answer", patched)
+
+
+def _many_tickets(fake, count):
+    return [fake.add_conversation(fake.jane, fake.api_inbox, f"Ticket {n}") for n in range(count)]
+
+
+def test_a_chatwoot_too_old_for_the_complete_list_still_shows_the_latest_twenty(portal, fake, jane, monkeypatch):
+    _many_tickets(fake, 30)
+    refusal = json.dumps({"error": "Invalid attribute key - [contact_id]."}).encode()
+    _answer_differently(monkeypatch, "/conversations/filter", (422, "application/json", refusal, {}))
+    page = jane.get(portal.url("/dashboard"))
+    assert page.status == 200
+    assert page.text.count('class="ticket-item"') == 20
+    fake.reset_calls()
+    jane.get(portal.url("/dashboard"))
+    assert not [c for c in fake.calls if "filter" in c[1]]  # not asked again
+
+
+def test_a_failing_complete_list_still_shows_the_latest_twenty(portal, fake, jane, monkeypatch):
+    _many_tickets(fake, 30)
+    failure = json.dumps({"status": 500, "error": "Internal Server Error"}).encode()
+    _answer_differently(monkeypatch, "/conversations/filter", (500, "application/json", failure, {}))
+    page = jane.get(portal.url("/dashboard"))
+    assert page.status == 200
+    assert page.text.count('class="ticket-item"') == 20
+
+
+def test_a_filter_that_ignores_the_contact_shows_no_one_elses_ticket(portal, fake, jane, monkeypatch):
+    _many_tickets(fake, 20)
+    bobs = fake.add_conversation(fake.bob, fake.api_inbox, "Bob's secret")
+    original = fake_chatwoot.FakeChatwoot._answer
+
+    def everyone(self, method, target, headers, raw_body):
+        if "/conversations/filter" in target:  # an old Chatwoot dropping the unknown key
+            raw_body = json.dumps({"payload": [{"attribute_key": "status", "filter_operator": "equal_to",
+                                                "values": ["open"], "query_operator": None}]}).encode()
+        return original(self, method, target, headers, raw_body)
+
+    monkeypatch.setattr(fake_chatwoot.FakeChatwoot, "_answer", everyone)
+    page = jane.get(portal.url("/dashboard"))
+    assert page.status == 200
+    assert "Bob&#39;s secret" not in page.text and "Bob's secret" not in page.text
+    assert f"#{bobs}<" not in page.text
+
+
+def test_a_404_page_from_a_proxy_is_unavailable_not_a_missing_ticket(portal, fake, jane, monkeypatch):
+    ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Mine")
+    _answer_differently(monkeypatch, f"/conversations/{ticket}",
+                        (404, "text/html", b"<html><body>404 Not Found</body></html>", {}))
+    page = jane.get(portal.url(f"/tickets/{ticket}"))
+    assert page.status == 503
+    assert jane.get(portal.url("/dashboard")).status == 200  # and still signed in
+
+
+def test_the_dashboard_time_ignores_private_notes(portal, fake, jane):
+    ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Quiet", created_at=NOW - 7200)
+    fake.add_message(ticket, "Hello", "incoming", created_at=NOW - 7200)
+    fake.add_message(ticket, "internal", "outgoing", private=True, created_at=NOW)
+    page = jane.get(portal.url("/dashboard"))
+    shown = re.search(r'<time datetime="([^"]+)"', page.text).group(1)
+    assert shown == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - 7200))

@@ -136,6 +136,9 @@ class ChatwootClient:
         # don't ask again on every dashboard.
         self._filter_unsupported = False
         self._first_message_cache = _BoundedCache(10_000)
+        self._token_header = "Api-Access-Token"  # contract §1.1: survives proxies
+        self._token_headers_tried = set()
+        self._lock = threading.Lock()
 
     # -- Contacts -----------------------------------------------------------
 
@@ -360,7 +363,7 @@ class ChatwootClient:
         if query:
             url += "?" + urllib.parse.urlencode(query)
         payload = json.dumps(body).encode("utf-8") if body is not None else None
-        headers = {"Api-Access-Token": self._token, "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
         started = time.monotonic()
@@ -368,8 +371,9 @@ class ChatwootClient:
         try:
             for attempt in (1, 2):
                 connection, reused = self._connection(fresh=attempt == 2)
+                token_header = self._token_header
                 try:
-                    connection.request(method, url, body=payload, headers=headers)
+                    connection.request(method, url, body=payload, headers={**headers, token_header: self._token})
                     _ack_promptly(connection.sock)
                     response = connection.getresponse()
                     raw = response.read()
@@ -384,10 +388,30 @@ class ChatwootClient:
                     connection.close()
                 else:
                     self._release(connection)
+                if attempt == 1 and _token_not_seen(response.status, raw) and self._switch_token_header(token_header):
+                    continue  # nothing happened on Chatwoot's side: safe even for a write
                 return _decode(response.status, raw)
         finally:
             log.info("chatwoot %s %s %s %.1fms", method, _route_of(path), status,
                      (time.monotonic() - started) * 1000)
+
+    def _switch_token_header(self, tried):
+        """Chatwoot answered as if no token was sent: try the header's other spelling.
+
+        Rails reads `api_access_token` and `Api-Access-Token` alike, but a proxy
+        may drop names with underscores (nginx's default) and some servers match
+        only the documented `api_access_token`. The one that works is kept.
+        """
+        other = "api_access_token" if tried == "Api-Access-Token" else "Api-Access-Token"
+        with self._lock:
+            if self._token_header != tried:
+                return True  # another request switched meanwhile: retry with that one
+            if other in self._token_headers_tried:
+                return False  # neither spelling is seen: the token is really missing
+            self._token_headers_tried.add(tried)
+            self._token_header = other
+        log.warning("Chatwoot did not see the %s header; using %s instead", tried, other)
+        return True
 
     def _connection(self, fresh=False):
         while not fresh:
@@ -437,6 +461,11 @@ def _decode(status, raw):
             raise ChatwootNotFound(status, message)
         raise ChatwootUnavailable(f"HTTP 404 from something that is not the Chatwoot API: {message}")
     raise ChatwootRejected(status, message)
+
+
+def _token_not_seen(status, raw):
+    """Chatwoot's answer when no token header arrived at all (contract §1.4)."""
+    return status == 401 and b'"errors"' in raw and b"sign in" in raw
 
 
 def _error_message(data):

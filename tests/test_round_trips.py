@@ -129,3 +129,29 @@ def test_a_write_is_never_retried_when_chatwoot_drops_it(portal, fake, jane):
     page = jane.submit(page, "/tickets", subject="Once", message="Only once")
     assert page.status == 503
     assert [c[0] for c in fake.calls] == ["POST"]
+
+
+@pytest.mark.parametrize("only_header", ["api_access_token", "api-access-token"])
+def test_a_server_that_reads_one_spelling_of_the_token_header_costs_one_extra_call_once(
+        portal, smtp, fake, monkeypatch, only_header):
+    def authenticate(self, headers):
+        offered = headers.get(only_header)  # e.g. a proxy dropped the other spelling
+        if offered is None:
+            raise fake_chatwoot._ApiError(401, fake_chatwoot.NO_TOKEN)
+        if offered != self.token:
+            raise fake_chatwoot._ApiError(401, fake_chatwoot.BAD_TOKEN)
+
+    monkeypatch.setattr(fake_chatwoot.FakeChatwoot, "_authenticate", authenticate)
+    browser, page = sign_in(portal, smtp, JANE)
+    assert page.status == 200 and "/portal/dashboard" in page.url
+    fake.reset_calls()
+    assert browser.get(portal.url("/dashboard")).status == 200
+    assert len(fake.calls) == 1  # settled on the spelling that works
+
+
+def test_a_wrong_token_is_not_retried_under_the_other_header_spelling(portal, fake):
+    fake.token = "another-token"
+    browser = portal.browser()
+    page = browser.submit(browser.get(portal.url("/")), "/auth/request", email=JANE)
+    assert page.status == 503
+    assert len(fake.calls) == 1

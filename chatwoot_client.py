@@ -52,6 +52,8 @@ POOL_SIZE = 32
 STATUSES = ("open", "pending", "resolved", "snoozed")
 API_CHANNEL = "Channel::Api"
 INCOMING, OUTGOING, ACTIVITY, TEMPLATE = 0, 1, 2, 3
+MESSAGE_TYPE_BY_NAME = {"incoming": INCOMING, "outgoing": OUTGOING, "activity": ACTIVITY, "template": TEMPLATE}
+STATUS_BY_NUMBER = {0: "open", 1: "resolved", 2: "pending", 3: "snoozed"}
 
 
 class ChatwootError(Exception):
@@ -511,7 +513,10 @@ def _ticket(item):
         return None
     attributes = item.get("additional_attributes") or {}
     subject = attributes.get("mail_subject") if isinstance(attributes, dict) else None
-    status = item.get("status") if item.get("status") in STATUSES else "open"
+    status = item.get("status")
+    # Always a string in Chatwoot's JSON; the database integers are accepted too.
+    status = STATUS_BY_NUMBER.get(status, status) if isinstance(status, int) else status
+    status = status if status in STATUSES else "open"
     return Ticket(
         id=conversation_id,
         contact_id=contact_id,
@@ -537,7 +542,7 @@ def _public_activity(item):
         return _int(item.get("last_activity_at")) or created  # a server that omits both
     public = [_int(m.get("created_at")) for m in candidates
               if isinstance(m, dict) and m.get("private") in (False, None)
-              and m.get("message_type") in (INCOMING, OUTGOING, TEMPLATE)]
+              and MESSAGE_TYPE_BY_NAME.get(m.get("message_type"), m.get("message_type")) in (INCOMING, OUTGOING, TEMPLATE)]
     return max(public + [created])
 
 
@@ -549,6 +554,8 @@ def _public_messages(raw_messages):
         if not isinstance(raw, dict) or raw.get("private") not in (False, None):
             continue
         message_type = raw.get("message_type")
+        # An int in REST answers, a string in webhooks (contract §1.5): accept both.
+        message_type = MESSAGE_TYPE_BY_NAME.get(message_type, message_type)
         if message_type not in (INCOMING, OUTGOING, TEMPLATE) or raw.get("content_type") == "input_csat":
             continue  # activity lines are internal; a CSAT survey cannot be answered here
         content = raw.get("content")

@@ -915,3 +915,16 @@ def test_a_chatwoot_that_never_answers_means_unavailable_after_the_timeout():
     finally:
         client.close()
         listener.close()
+
+
+def test_message_types_given_as_names_are_read_like_numbers():
+    raw = [{"id": 1, "content": "hi", "message_type": "incoming", "private": False, "created_at": 1},
+           {"id": 2, "content": "note", "message_type": "activity", "private": False, "created_at": 2},
+           {"id": 3, "content": "reply", "message_type": "outgoing", "private": False, "created_at": 3}]
+    messages = _public_messages(raw)
+    assert [(m.content, m.from_customer) for m in messages] == [("hi", True), ("reply", False)]
+
+
+def test_a_status_given_as_its_database_number_is_read_as_its_name():
+    item = {"id": 5, "meta": {"sender": {"id": 1}}, "status": 1}
+    assert _ticket(item).status == "resolved"

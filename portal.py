@@ -407,6 +407,8 @@ class Portal:
     def render(self, request, template, status=200, headers=(), **context):
         lang = request.lang
         session = request.session
+        # A HEAD (a link preview, a monitor) must not eat the notice meant for the page.
+        head_only = request.method == "HEAD"
         page = self.templates.get_template(template).render(
             lang=lang,
             languages=i18n.LANGUAGES,
@@ -420,7 +422,7 @@ class Portal:
             favicon_url=self.url(f"/brand/favicon.png?v={self.brand['favicon.png'][1]}"),
             csrf_token=self.csrf_token(request),
             user=session,
-            flash=self.sessions.pop_flash(session) if session else "",
+            flash=self.sessions.pop_flash(session) if session and not head_only else "",
             here=request.unsafe_path[len(self.config.base_path):] or "/",
             **context,
         )

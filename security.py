@@ -204,11 +204,17 @@ class MagicLinkStore:
         return link
 
     def consume(self, untrusted_token):
-        """The link if the token is valid now; the token can never be used again."""
+        """The link if the token is valid now; the token can never be used again.
+
+        A successful sign-in also retires the contact's other outstanding links:
+        older mails in the inbox stop being keys to the account.
+        """
         with self._lock:
             link = self._links.pop(self._digest(untrusted_token or ""), None)
-        if link is None or link.expires < self._clock():
-            return None
+            if link is None or link.expires < self._clock():
+                return None
+            for digest in [d for d, other in self._links.items() if other.contact_id == link.contact_id]:
+                del self._links[digest]
         return link
 
     def __len__(self):

@@ -928,3 +928,13 @@ def test_message_types_given_as_names_are_read_like_numbers():
 def test_a_status_given_as_its_database_number_is_read_as_its_name():
     item = {"id": 5, "meta": {"sender": {"id": 1}}, "status": 1}
     assert _ticket(item).status == "resolved"
+
+
+def test_signing_in_retires_the_contacts_other_links_but_not_other_contacts_links(clock):
+    store = MagicLinkStore(ttl_seconds=900, clock=clock)
+    first = store.issue(1, "jane@example.com", "Jane", "en", "")
+    second = store.issue(1, "jane@example.com", "Jane", "en", "")
+    bobs = store.issue(2, "bob@example.com", "Bob", "en", "")
+    assert store.consume(second) is not None
+    assert store.peek(first) is None
+    assert store.peek(bobs) is not None

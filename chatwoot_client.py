@@ -298,6 +298,28 @@ class ChatwootClient:
         body = {"content": content, "message_type": "incoming", "private": False}
         self._call("POST", f"/conversations/{int(conversation_id)}/messages", body=body)
 
+    # -- Did a write whose answer was lost happen? ----------------------------
+    # Chatwoot has no idempotency key (contract §5.2), so after a timeout the
+    # portal looks for the result before it writes again.
+
+    def find_recent_ticket(self, contact_id, inbox_id, subject, since):
+        """The id of this contact's ticket with this subject created since `since`, or None."""
+        data = self._call("GET", f"/contacts/{int(contact_id)}/conversations")
+        for item in _list(data, "payload"):
+            ticket = _ticket(item)
+            if (ticket and ticket.contact_id == contact_id and _int(item.get("inbox_id")) == int(inbox_id)
+                    and ticket.subject == subject and ticket.created_at >= since):
+                return ticket.id
+        return None
+
+    def has_recent_customer_message(self, conversation_id, content, since):
+        """True when the customer's message `content` reached the thread since `since`."""
+        data = self._call("GET", f"/conversations/{int(conversation_id)}/messages",
+                          query={"filter_internal_messages": "true"})  # the latest 20
+        wanted = content.replace("\\\n", "\n").strip("\n")
+        return any(m.from_customer and m.content == wanted and m.created_at >= since
+                   for m in _public_messages(_list(data, "payload")))
+
     def resolve(self, conversation_id):
         """Resolve through toggle_status: a PATCH of `status` is silently ignored (§8)."""
         self._call("POST", f"/conversations/{int(conversation_id)}/toggle_status",

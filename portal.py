@@ -50,6 +50,10 @@ EMAIL_MAX_CHARS = 254  # RFC 5321 path limit
 SIGNIN_PER_ADDRESS = (8, 15 * 60)
 SIGNIN_PER_IP = (40, 15 * 60)
 
+# Chatwoot's clock against ours when looking for a write whose answer was lost;
+# on the same host they agree, across hosts NTP keeps them within this.
+CLOCK_SLACK_SECONDS = 120
+
 SESSION_COOKIE = "portal_session"
 CSRF_COOKIE = "portal_csrf"
 LANG_COOKIE = "portal_lang"
@@ -585,10 +589,19 @@ class Portal:
         # first and lands on the same ticket instead of creating another.
         done = self.sessions.once(session, f"create:{form_id}")
         with done.lock:
+            if done.result is None and done.uncertain_since is not None:
+                try:  # the last try's answer was lost: did Chatwoot create it anyway?
+                    done.result = self.client.find_recent_ticket(
+                        session.contact_id, self.config.chatwoot_inbox_id, subject, done.uncertain_since - CLOCK_SLACK_SECONDS)
+                except ChatwootError as error:
+                    log.warning("create ticket: could not look for the earlier try: %s", error)
+                    return form_again(503, problem="error_unavailable")
             if done.result is None:
+                started = time.time()
                 try:
                     ticket_id = self.client.create_ticket(session.contact_id, self.config.chatwoot_inbox_id, subject, message)
                 except ChatwootUnavailable as error:
+                    done.uncertain_since = started
                     log.warning("create ticket failed: %s", error)
                     return form_again(503, problem="error_unavailable")
                 except ChatwootError as error:
@@ -633,15 +646,21 @@ class Portal:
         done = self.sessions.once(session, f"reply:{ticket_id}:{form_id}")
         with done.lock:
             if done.result is None:
+                started = time.time()
                 try:
                     ticket = self.client.get_ticket(ticket_id)
                     self.check_owner(ticket, session)
                     if not ticket.accepts_replies:
                         return self.render_ticket(request, session, ticket_id, 409)
-                    self.client.add_customer_message(ticket_id, message)
+                    # The last try's answer was lost: only send if it did not arrive.
+                    if done.uncertain_since is None or not self.client.has_recent_customer_message(
+                            ticket_id, message, done.uncertain_since - CLOCK_SLACK_SECONDS):
+                        self.client.add_customer_message(ticket_id, message)
                 except ChatwootNotFound:
                     raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
                 except ChatwootError as failure:
+                    if isinstance(failure, ChatwootUnavailable):
+                        done.uncertain_since = done.uncertain_since or started
                     return self.reply_form_again(request, ticket_id, untrusted_message, failure)
                 reopened = ticket.status in ("resolved", "snoozed")
                 session.flash = "reply_sent_reopened" if reopened else "reply_sent"

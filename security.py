@@ -87,6 +87,9 @@ class DoneOnce:
     def __init__(self):
         self.lock = threading.Lock()
         self.result = None
+        # Wall-clock time of an attempt whose answer was lost (Chatwoot may or may
+        # not have done it); the next try looks before it writes again.
+        self.uncertain_since = None
 
 
 MAX_FORMS_PER_SESSION = 32

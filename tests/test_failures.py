@@ -391,3 +391,67 @@ def test_session_expired_while_writing_a_new_ticket_shows_subject_and_message_to
     assert page.form("/auth/request")
     assert [c for c in fake.calls if c[0] == "POST"] == []
     assert_clean(page, jane, fake)
+
+
+# ---------------------------------------------------------------------------
+# A write whose answer was lost: Chatwoot did it, the portal never heard back
+# ---------------------------------------------------------------------------
+
+def lose_the_answer_once(fake, monkeypatch, method, path_end):
+    """Chatwoot carries out the request, then the connection drops before the answer."""
+    original = fake_chatwoot.FakeChatwoot._answer
+    lost = []
+
+    def answer(self, request_method, target, headers, raw_body):
+        result = original(self, request_method, target, headers, raw_body)
+        if not lost and request_method == method and target.split("?")[0].endswith(path_end):
+            lost.append(target)
+            return None  # the fake hangs up without a word
+        return result
+
+    monkeypatch.setattr(fake_chatwoot.FakeChatwoot, "_answer", answer)
+    return lost
+
+
+def test_sending_a_new_ticket_again_after_a_lost_answer_does_not_create_a_second(portal, smtp, fake, monkeypatch):
+    browser, _ = sign_in(portal, smtp, JANE)
+    lost = lose_the_answer_once(fake, monkeypatch, "POST", "/conversations")
+    page = browser.submit(browser.get(portal.url("/tickets/new")), "/tickets", subject="Once only", message="Hello")
+    assert page.status == 503 and lost
+    page = browser.submit(page, "/tickets")  # the same form, sent again
+    assert page.status == 200 and "Once only" in page.text
+    mine = [c for c in range(1, 50) if _exists(fake, c) and fake.conversation(c)["contact_id"] == fake.jane]
+    assert len(mine) == 1
+
+
+def test_sending_a_reply_again_after_a_lost_answer_does_not_post_it_twice(portal, smtp, fake, monkeypatch):
+    ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Printer")
+    browser, _ = sign_in(portal, smtp, JANE)
+    page = browser.get(portal.url(f"/tickets/{ticket}"))
+    lost = lose_the_answer_once(fake, monkeypatch, "POST", f"/conversations/{ticket}/messages")
+    page = browser.submit(page, f"/tickets/{ticket}/reply", message="Only once, please")
+    assert page.status == 503 and lost
+    page = browser.submit(page, f"/tickets/{ticket}/reply")  # the retry form keeps the text
+    assert page.status == 200
+    assert [m["content"] for m in fake.messages_of(ticket)].count("Only once, please") == 1
+
+
+def test_a_reply_whose_first_try_never_arrived_is_sent_on_the_retry(portal, smtp, fake):
+    ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Printer")
+    browser, _ = sign_in(portal, smtp, JANE)
+    page = browser.get(portal.url(f"/tickets/{ticket}"))
+    fake.set_fault("status", status=503, count=2)  # the ownership read fails: nothing was sent
+    page = browser.submit(page, f"/tickets/{ticket}/reply", message="Second time lucky")
+    assert page.status == 503
+    fake.set_fault(None)
+    page = browser.submit(page, f"/tickets/{ticket}/reply")
+    assert page.status == 200
+    assert [m["content"] for m in fake.messages_of(ticket)].count("Second time lucky") == 1
+
+
+def _exists(fake, display_id):
+    try:
+        fake.conversation(display_id)
+        return True
+    except (KeyError, LookupError):
+        return False

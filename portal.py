@@ -465,7 +465,8 @@ class Portal:
         if len(email) > EMAIL_MAX_CHARS or not EMAIL_PATTERN.fullmatch(email):
             return form_again(400, "error_email_invalid")
         pseudonym = self.signer.pseudonym(email)
-        if not self.limit_by_ip.hit(_network_of(request.client_ip)) or not self.limit_by_address.hit(email):
+        client = _network_of(request.client_ip)
+        if not self.limit_by_ip.hit(client) or not self.limit_by_address.hit(email):
             log.warning("sign-in rate limit reached email=%s ip=%s", pseudonym, request.client_ip)
             return form_again(429, "error_rate_limited")
         try:
@@ -479,7 +480,7 @@ class Portal:
                 self.mailer.rehearse(email)
                 log.info("sign-in link not sent: no contact email=%s", pseudonym)
             else:
-                token = self.magic_links.issue(contact.id, contact.email, contact.name, request.lang, next_path)
+                token = self.magic_links.issue(contact.id, contact.email, contact.name, request.lang, next_path, client)
                 self.send_link(request.lang, contact, token)
                 log.info("sign-in link sent email=%s contact=%s", pseudonym, contact.id)
         except MailError as error:
@@ -514,6 +515,11 @@ class Portal:
         if link is None:
             return self.render(request, "link_invalid.html", 400, no_referrer,
                                minutes=self.config.magic_link_minutes)
+        # The limits are there against floods of mail and lookups. Whoever signs in
+        # proved to own the inbox: their address and client start afresh, so a
+        # customer who signs in often is never locked out by their own visits.
+        self.limit_by_address.forget(link.email)
+        self.limit_by_ip.forget(link.client)
         if request.session:
             self.sessions.delete(request.session.id)
         # Always a new id: a session id planted before sign-in is worthless after it.

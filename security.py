@@ -168,6 +168,7 @@ class MagicLink:
     lang: str
     next_path: str
     expires: float
+    client: str = ""  # the rate-limit key of the client that asked for the link
 
 
 # Outstanding links are few (a handful per known address, rate-limited); this cap
@@ -187,10 +188,10 @@ class MagicLinkStore:
     def _digest(token):
         return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
-    def issue(self, contact_id, email, name, lang, next_path):
+    def issue(self, contact_id, email, name, lang, next_path, client=""):
         """A new token; only its hash is kept, so a memory dump cannot sign anyone in."""
         token = secrets.token_urlsafe(32)
-        link = MagicLink(contact_id, email, name, lang, next_path, self._clock() + self.ttl_seconds)
+        link = MagicLink(contact_id, email, name, lang, next_path, self._clock() + self.ttl_seconds, client)
         with self._lock:
             self._sweep_if_due()
             while len(self._links) >= MAX_MAGIC_LINKS:
@@ -272,6 +273,11 @@ class RateLimiter:
             if self._hits[key] and self._hits[key][-1] > now - self.window:
                 return
             del self._hits[key]
+
+    def forget(self, key):
+        """Start `key` afresh (its requests proved legitimate)."""
+        with self._lock:
+            self._hits.pop(key, None)
 
     def __len__(self):
         with self._lock:

@@ -156,3 +156,21 @@ def test_markdown_of_a_huge_line_full_of_unclosed_markers_finishes():
     script = ("from markup import agent_markdown;"
               "agent_markdown('*a ' * 50000); agent_markdown('_x ' * 50000); agent_markdown('**b ' * 40000)")
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=120)
+
+
+def test_a_customer_who_signs_in_often_is_never_locked_out_by_their_own_visits(portal, smtp):
+    from portal import SIGNIN_PER_ADDRESS, SIGNIN_PER_IP
+
+    for _ in range(max(SIGNIN_PER_ADDRESS[0], SIGNIN_PER_IP[0]) + 5):
+        browser, page = sign_in(portal, smtp, JANE)
+        assert page.status == 200 and "/portal/dashboard" in page.url
+
+
+def test_requests_that_never_lead_to_a_sign_in_stay_limited(portal, smtp):
+    from portal import SIGNIN_PER_ADDRESS
+
+    statuses = []
+    for _ in range(SIGNIN_PER_ADDRESS[0] + 1):
+        browser = portal.browser()
+        statuses.append(browser.submit(browser.get(portal.url("/")), "/auth/request", email=JANE).status)
+    assert statuses[-1] == 429 and statuses[:-1] == [200] * SIGNIN_PER_ADDRESS[0]

@@ -545,27 +545,11 @@ def _ticket(item):
         subject=str(subject or "").strip(),
         status=status,
         created_at=_int(item.get("created_at")),
-        last_activity_at=_public_activity(item),
+        # Chatwoot's own "last activity", as its lists are ordered by it (notes and
+        # assignments move it too; see the README's note on what that reveals).
+        last_activity_at=_int(item.get("last_activity_at")) or _int(item.get("created_at")),
         channel=str((item.get("meta") or {}).get("channel") or ""),
     )
-
-
-def _public_activity(item):
-    """When the customer-visible thread last changed.
-
-    `last_activity_at` moves with private notes and assignment lines too, so
-    showing it would tell the customer when agents worked on the ticket
-    internally. The conversation carries its latest message and latest
-    non-activity message; the newer public one of them is the public activity.
-    """
-    created = _int(item.get("created_at"))
-    candidates = list(item.get("messages") or []) + [item.get("last_non_activity_message")]
-    if "messages" not in item and "last_non_activity_message" not in item:
-        return _int(item.get("last_activity_at")) or created  # a server that omits both
-    public = [_int(m.get("created_at")) for m in candidates
-              if isinstance(m, dict) and m.get("private") in (False, None)
-              and MESSAGE_TYPE_BY_NAME.get(m.get("message_type"), m.get("message_type")) in (INCOMING, OUTGOING, TEMPLATE)]
-    return max(public + [created])
 
 
 def _public_messages(raw_messages):

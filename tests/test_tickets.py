@@ -9,7 +9,6 @@ import html.parser
 import json
 import re
 import threading
-import time
 
 import pytest
 
@@ -739,12 +738,3 @@ def test_a_404_page_from_a_proxy_is_unavailable_not_a_missing_ticket(portal, fak
     page = jane.get(portal.url(f"/tickets/{ticket}"))
     assert page.status == 503
     assert jane.get(portal.url("/dashboard")).status == 200  # and still signed in
-
-
-def test_the_dashboard_time_ignores_private_notes(portal, fake, jane):
-    ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Quiet", created_at=NOW - 7200)
-    fake.add_message(ticket, "Hello", "incoming", created_at=NOW - 7200)
-    fake.add_message(ticket, "internal", "outgoing", private=True, created_at=NOW)
-    page = jane.get(portal.url("/dashboard"))
-    shown = re.search(r'<time datetime="([^"]+)"', page.text).group(1)
-    assert shown == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - 7200))

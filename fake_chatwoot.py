@@ -1259,6 +1259,9 @@ def _fault_answer(status, body):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung handler must never keep the process or stop() waiting
     block_on_close = False
+    # socketserver's default backlog is 5: a burst of new connections overflowed
+    # it and waited a whole SYN retransmit (1 s). Puma listens with 1024.
+    request_queue_size = 1024
     fake: FakeChatwoot
 
 

@@ -37,7 +37,6 @@ class Setting:
     name: str
     default: str | None  # None: required
     help: str
-    secret: bool = False
 
 
 # The one schema. Adding a setting here? Also add it to .env.example and to the
@@ -48,17 +47,17 @@ SETTINGS = (
     Setting("BASE_PATH", "/portal", "URL prefix the portal is served under (nginx location)."),
     Setting("PORTAL_URL", None, "Public origin of the portal, e.g. https://support.example.com; links are PORTAL_URL + BASE_PATH + path."),
     Setting("CHATWOOT_URL", "http://localhost:3000", "Base URL of Chatwoot, as reached from the portal."),
-    Setting("CHATWOOT_API_TOKEN", None, "Access token of a Chatwoot administrator (Profile > Access Token).", secret=True),
+    Setting("CHATWOOT_API_TOKEN", None, "Access token of a Chatwoot administrator (Profile > Access Token)."),
     Setting("CHATWOOT_ACCOUNT_ID", "1", "Chatwoot account id."),
     Setting("CHATWOOT_INBOX_ID", None, "Id of the API-type inbox that new tickets go to."),
     Setting("CHATWOOT_TIMEOUT", "5", "Seconds to wait for Chatwoot before showing a friendly error."),
-    Setting("SESSION_SECRET", None, "Random key that signs cookies and tokens: 32 characters or more (16 at the very least).", secret=True),
+    Setting("SESSION_SECRET", None, "Random key that signs cookies and tokens: 32 characters or more (16 at the very least)."),
     Setting("SESSION_IDLE_MINUTES", "30", "A session ends after this many minutes without a request."),
     Setting("MAGIC_LINK_MINUTES", "15", "How long a sign-in link stays valid."),
     Setting("SMTP_ADDRESS", None, "Host name of the SMTP server that sends sign-in links."),
     Setting("SMTP_PORT", "587", "SMTP port (587 for STARTTLS, 465 for SSL)."),
     Setting("SMTP_USERNAME", "", "SMTP user; empty means no SMTP AUTH."),
-    Setting("SMTP_PASSWORD", "", "SMTP password.", secret=True),
+    Setting("SMTP_PASSWORD", "", "SMTP password."),
     Setting("SMTP_FROM", "", "From address of sign-in mails; defaults to SMTP_USERNAME, else no-reply@ the PORTAL_URL host."),
     Setting("SMTP_SECURITY", "starttls", "starttls, ssl or none (none only for a local relay)."),
     Setting("BRAND_ASSETS_DIR", str(DEFAULT_BRAND_ASSETS_DIR), "Folder holding logo.png and logo_thumbnail.png (Chatwoot's public/brand-assets)."),

@@ -13,6 +13,7 @@ log one line. Handlers parse input, call `chatwoot_client`, render a template; o
 import argparse
 import hashlib
 import hmac
+import http
 import http.cookies
 import ipaddress
 import json
@@ -79,14 +80,6 @@ EMAIL_PATTERN = re.compile(rf"{_ADDRESS_CHARACTER}+@{_ADDRESS_CHARACTER}+\.[^\s@
 # C0 controls and DEL, except tab and line feed (a lone CR is kept out too).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 NOTICES = ("signin_required", "session_expired", "signed_out")
-
-STATUS_TEXT = {
-    200: "200 OK", 303: "303 See Other", 400: "400 Bad Request", 403: "403 Forbidden",
-    404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict",
-    413: "413 Content Too Large", 429: "429 Too Many Requests", 500: "500 Internal Server Error",
-    502: "502 Bad Gateway", 503: "503 Service Unavailable",
-}
-
 
 # ---------------------------------------------------------------------------
 # Requests and responses
@@ -336,7 +329,7 @@ class Portal:
             # The page's forms carry the HMAC of this new seed (see csrf_token).
             headers.append(cookie_header(CSRF_COOKIE, request.csrf_seed, self.cookie_path, self.config.secure_cookies))
         headers.append(("Content-Length", str(len(response.body))))
-        start_response(STATUS_TEXT.get(response.status, f"{response.status} Error"), headers)
+        start_response(f"{response.status} {http.HTTPStatus(response.status).phrase}", headers)
         log.info("request %s %s %s %.1fms", request.method, request.route_label, response.status,
                  (time.monotonic() - started) * 1000)
         return [b"" if request.method == "HEAD" else response.body]

@@ -4,21 +4,37 @@ It answers the account API calls the portal makes -- contact search and filter,
 a contact's conversations, conversation show/create/update/filter, the messages
 index and create, toggle_status, toggle_priority and inboxes -- the way Chatwoot
 v4.15.1 does, as written down in the team's Chatwoot API contract ``chatwoot-api.md``
-(the section numbers in comments refer to it). Shapes, status codes, error bodies,
-pagination limits and the odd corners (fuzzy search, ``PATCH`` ignoring status,
-``POST conversations`` ignoring priority, incoming messages refused outside API
-inboxes, reopen on customer reply) follow that document, not convenience.
+(the section numbers in comments refer to it; "part 2" is ``chatwoot-api-features.md``).
+Shapes, status codes, error bodies, pagination limits and the odd corners (fuzzy
+search, ``PATCH`` ignoring status, ``POST conversations`` ignoring priority, incoming
+messages refused outside API inboxes, reopen on customer reply) follow that
+document, not convenience.
 
 Two users exist from the start: the token's own user "Customer Portal" (an
 administrator, so it sees everything and names the activity lines the API causes,
 gotcha 11) and the agent "Sam Agent", the default author of seeded agent replies.
 
-Used by the portal's tests (seed, ``start()``, read ``calls``, ``set_fault``) and
-by ``--demo`` (``seed_demo()``). Standard library only.
+Account webhooks (§9, part 2 §3) send ``message_created``: ``add_webhook()``
+registers a URL; every incoming, outgoing (private notes included) or template
+message created while the fake is started -- through the API or ``add_message()``
+-- is POSTed by a background thread as Chatwoot's payload, signed like v4.12+
+(``signed=False``: unsigned, like older servers), with a 5 s timeout, no retry,
+only 2xx counting as success. Every attempt lands in ``webhook_deliveries``;
+``redeliver()`` sends a duplicate, as Chatwoot sometimes does. ``GET /demo/`` is a
+small page where a person plays the agent: its form adds a public reply by
+"Sam Agent", which fires the webhooks like a reply typed in Chatwoot's dashboard.
 
-Not faked: webhooks (§9), rate limiting (§11; use ``set_fault("status", 429)``),
-agent-role visibility and bots (§1.2), teams, labels, ``sort`` on search,
-lock-to-single-conversation, greeting/CSAT template messages.
+Used by the portal's tests (seed, ``start()``, read ``calls``, ``set_fault``,
+``add_webhook``) and by ``--demo`` (``seed_demo()``, ``demo_url``). Standard
+library only.
+
+Not faked: webhook events other than ``message_created`` (conversation, contact,
+inbox, typing events and ``message_updated``), the API inbox's ``webhook_url`` and
+its marking of failed messages, the webhooks REST API, the SSRF filter of v4.14+
+(receivers on 127.0.0.1 are fine), rate limiting (§11; use
+``set_fault("status", 429)``), agent-role visibility and bots (§1.2), teams, labels,
+``sort`` on search, lock-to-single-conversation, greeting/CSAT template messages
+(a seeded ``input_csat`` template does get Chatwoot's survey link in webhooks).
 """
 
 from __future__ import annotations
@@ -26,9 +42,13 @@ from __future__ import annotations
 import copy
 import email.parser
 import email.policy
+import hashlib
 import hmac
+import html
+import http.client
 import json
 import logging
+import queue
 import re
 import secrets
 import socket
@@ -86,6 +106,25 @@ FILTER_ERRORS = {
     "query_operator": 'Query operator must be either "AND" or "OR".',
 }
 FAULT_KINDS = (None, "status", "garbage", "close", "hang", "slow")
+
+# Webhook::ALLOWED_WEBHOOK_EVENTS in v4.15.1 (§9.1); only message_created is sent.
+WEBHOOK_EVENTS = ("conversation_status_changed", "conversation_updated", "conversation_created",
+                  "contact_created", "contact_updated", "message_created", "message_updated",
+                  "webwidget_triggered", "inbox_created", "inbox_updated",
+                  "conversation_typing_on", "conversation_typing_off")
+WEBHOOK_SENDABLE = (INCOMING, OUTGOING, TEMPLATE)  # Message#webhook_sendable?: never activity
+WEBHOOK_TIMEOUT = 5.0  # the WEBHOOK_TIMEOUT installation setting: open and read (§9.2)
+# SecureRandom.base58, which Rails' has_secure_token uses (part 2 §3.1)
+BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+SECURE_TOKEN_LENGTH = 24
+# conversations.survey.response in en.yml: webhooks of non-widget inboxes get the link (part 2 §6.1)
+CSAT_SURVEY_RESPONSE = "Please rate this conversation, {link}"
+HTML_TYPE = "text/html; charset=utf-8"
+# The demo page loads nothing from elsewhere and may only post to itself.
+DEMO_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
 class _ApiError(Exception):
@@ -164,6 +203,19 @@ def _like(pattern, text, case_sensitive=False):
             parts.append(re.escape(char))
     flags = re.DOTALL if case_sensitive else re.DOTALL | re.IGNORECASE
     return re.search("".join(parts), str(text), flags) is not None
+
+
+def _secure_token():
+    """Rails' ``has_secure_token``: 24 characters of base58."""
+    return "".join(secrets.choice(BASE58) for _ in range(SECURE_TOKEN_LENGTH))
+
+
+def _normalize_webhook_content(text):
+    """``Messages::WebhookContentNormalizer``: the editor's hard breaks (backslash before
+    a newline) become plain newlines and trailing newlines go; blank text stays as is."""
+    if not _present(text):
+        return text
+    return re.sub(r"(\r?\n)+\Z", "", re.sub(r"\\\r?\n", "\n", text))
 
 
 def _file_type(content_type):
@@ -271,12 +323,14 @@ class FakeChatwoot:
     """One Chatwoot account behind a real HTTP server on 127.0.0.1.
 
     Seeding and inspection methods may be called from any thread, before or
-    after ``start()``; one lock guards all state.
+    after ``start()``; one lock guards all state. Webhooks go out from one
+    delivery thread, which runs from ``start()`` to ``stop()``.
     """
 
-    def __init__(self, token="test-token", account_id=1, clock=time.time):
+    def __init__(self, token="test-token", account_id=1, clock=time.time, account_name="Acme"):
         self.token = token
         self.account_id = account_id
+        self.account_name = account_name
         self.url = None
         self.delay = 0.0
         self.calls = []
@@ -296,6 +350,13 @@ class FakeChatwoot:
         self._messages = {}  # global message id -> record
         self._threads = {}  # display_id -> its message records, in id order
         self._blobs = {}  # attachment key -> attachment record
+        self.webhooks = {}  # webhook id -> {id, url, secret, subscriptions, signed}
+        self.webhook_deliveries = []  # one dict per attempt, appended under _deliveries_changed
+        self.webhook_timeout = WEBHOOK_TIMEOUT
+        self._deliveries_changed = threading.Condition()
+        self._outbox = None  # queue of (event, message id, webhook ids) while started
+        self._courier = None  # the delivery thread
+        self._in_flight = None  # the connection a delivery is waiting on, for stop()
         self.api_user_id = self._add_user("Customer Portal", "portal@chatwoot.test", "administrator")
         self.default_agent_id = self.add_agent("Sam Agent", "sam@acme.test", display_name="Sam")
 
@@ -312,12 +373,19 @@ class FakeChatwoot:
         self._thread = threading.Thread(target=server.serve_forever, args=(0.05,),
                                         name="fake-chatwoot", daemon=True)
         self._thread.start()
+        outbox = queue.Queue()
+        self._courier = threading.Thread(target=self._deliver_forever, args=(outbox,),
+                                         name="fake-chatwoot-webhooks", daemon=True)
+        self._courier.start()
+        with self._lock:
+            self._outbox = outbox  # from now on new messages are dispatched
         return self
 
     def stop(self):
         if self._server is None:
             return
         self._stopping.set()  # wakes handlers sleeping in delay, "slow" or "hang"
+        self._stop_deliveries()
         self._server.shutdown()
         with self._lock:
             open_connections = list(self._connections)
@@ -364,6 +432,37 @@ class FakeChatwoot:
 
     def add_agent(self, name, email, display_name=None):
         return self._add_user(name, email, "agent", display_name)
+
+    def add_webhook(self, url, secret=None, subscriptions=("message_created",), signed=True):
+        """An account webhook (§9.1); returns its id. The record is ``webhooks[id]``.
+
+        Like Chatwoot, the URL must be http(s) and unique in the account and the
+        subscriptions a non-empty list of allowed events. ``secret`` None makes one
+        the way ``has_secure_token`` does; ``signed=False`` sends no
+        X-Chatwoot-Delivery/Timestamp/Signature headers, like servers before v4.12.
+        """
+        parts = urlsplit(url)
+        try:
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid:
+            raise ValueError(f"webhook url must be http(s) with a host: {url!r}")
+        if isinstance(subscriptions, str):
+            raise ValueError("subscriptions must be a list of event names, not one string")
+        subscriptions = list(subscriptions)
+        unknown = sorted(set(subscriptions) - set(WEBHOOK_EVENTS))
+        if not subscriptions or unknown:
+            raise ValueError(f"invalid subscriptions {unknown or subscriptions!r}")
+        with self._lock:
+            if any(w["url"] == url for w in self.webhooks.values()):
+                raise ValueError(f"webhook url already taken: {url}")  # unique per account
+            webhook_id = self._new_id("webhook")
+            self.webhooks[webhook_id] = {
+                "id": webhook_id, "url": url,
+                "secret": _secure_token() if secret is None else secret,
+                "subscriptions": subscriptions, "signed": bool(signed)}
+            return webhook_id
 
     def add_conversation(self, contact_id, inbox_id, subject=None, status="open", created_at=None,
                          assignee_id=None, priority=None):
@@ -469,6 +568,37 @@ class FakeChatwoot:
         with self._lock:
             return copy.deepcopy(self._threads.get(display_id, []))
 
+    @property
+    def demo_url(self):
+        """The agent's stand-in page (``GET /demo/``); None until ``start()``."""
+        return None if self.url is None else f"{self.url}/demo/"
+
+    def wait_for_deliveries(self, count, timeout=5.0):
+        """Block until ``count`` webhook attempts are recorded; returns a copy of them all."""
+        with self._deliveries_changed:
+            arrived = self._deliveries_changed.wait_for(
+                lambda: len(self.webhook_deliveries) >= count, timeout)
+            if not arrived:
+                raise AssertionError(
+                    f"expected at least {count} webhook deliveries within {timeout:g} s, "
+                    f"got {len(self.webhook_deliveries)}: {self.webhook_deliveries!r}")
+            return [dict(d) for d in self.webhook_deliveries]
+
+    def redeliver(self, message_id, event="message_created"):
+        """Send ``event`` for this message again to every subscribed webhook.
+
+        Chatwoot does deliver duplicates (#11901), each with a fresh delivery id;
+        the payload is built from the current state. Returns how many webhooks it
+        was queued for (0 while stopped, for activity lines, or with no subscriber).
+        """
+        if event != "message_created":
+            raise ValueError(f"only message_created is faked, not {event!r}")
+        with self._lock:
+            message = self._messages[message_id]
+            if message["message_type"] not in WEBHOOK_SENDABLE:
+                return 0
+            return self._dispatch(event, message_id)
+
     def set_fault(self, kind, status=None, body=None, count=None, seconds=None):
         """Misbehave on the next API requests (all of them while ``count`` is None).
 
@@ -506,9 +636,12 @@ class FakeChatwoot:
 
     def _new_contact_inbox(self, contact, inbox, source_id):
         contact_inbox_id = self._new_id("contact_inbox")
+        now = self._clock()
+        # The whole row: webhooks send it raw, pubsub_token included (§9.5).
         self._contact_inboxes[contact_inbox_id] = {
             "id": contact_inbox_id, "contact_id": contact["id"], "inbox_id": inbox["id"],
-            "source_id": source_id}
+            "source_id": source_id, "created_at": now, "updated_at": now,
+            "hmac_verified": False, "pubsub_token": _secure_token()}
         return self._contact_inboxes[contact_inbox_id]
 
     def _seed_contact_inbox(self, contact, inbox):
@@ -566,6 +699,8 @@ class FakeChatwoot:
             if conversation["first_reply_created_at"] is None:
                 conversation["first_reply_created_at"] = created
             conversation["waiting_since"] = None
+        if type_code in WEBHOOK_SENDABLE:
+            self._dispatch("message_created", message_id)
         return message
 
     def _new_attachment(self, message_id, upload):
@@ -621,6 +756,115 @@ class FakeChatwoot:
         self._add_activity(conversation, text)
 
     # ========================================================================
+    # Webhooks (§9.2, §9.3; part 2 §3.4, §3.5): event -> queue -> delivery thread
+    # ========================================================================
+
+    def _dispatch(self, event, message_id):
+        """Queue ``event`` for the webhooks subscribed now; returns how many.
+
+        Like Chatwoot's listener the delivery thread builds the payload later, from
+        the state it finds then; it can only read once the creating request has
+        released the lock, which stands in for "after commit".
+        """
+        with self._lock:
+            if self._outbox is None:
+                return 0  # not started: nobody is listening
+            targets = [w["id"] for w in self.webhooks.values() if event in w["subscriptions"]]
+            if targets:
+                self._outbox.put((event, message_id, targets))
+            return len(targets)
+
+    def _stop_deliveries(self):
+        """End the delivery thread: queued events are dropped, one in flight is cut off."""
+        with self._lock:
+            outbox, self._outbox = self._outbox, None
+            in_flight = self._in_flight
+        if outbox is None:
+            return
+        outbox.put(None)
+        if in_flight is not None and in_flight.sock is not None:
+            try:
+                in_flight.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._courier.join()
+        self._courier = None
+
+    def _deliver_forever(self, outbox):
+        while True:
+            job = outbox.get()
+            if job is None:
+                return
+            if self._stopping.is_set():
+                continue
+            event, message_id, webhook_ids = job
+            try:
+                with self._lock:
+                    targets = [dict(self.webhooks[i]) for i in webhook_ids]
+                    payload = self._message_webhook_data(self._messages[message_id], event)
+            except Exception:  # outermost boundary of the thread: a bug must not end deliveries
+                log.exception("fake Chatwoot could not build %s for message %s", event, message_id)
+                continue
+            # One payload per dispatch, sent as is to every target (payload.to_json).
+            body = json.dumps(payload).encode()
+            for webhook in targets:
+                if self._stopping.is_set():
+                    break
+                self._post_webhook(webhook, event, message_id, body)
+
+    def _post_webhook(self, webhook, event, message_id, body):
+        """One attempt, never retried; only a 2xx answer counts as success."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        delivery_id = None
+        if webhook["signed"]:  # lib/webhooks/trigger.rb#request_headers, v4.12+
+            delivery_id = str(uuid.uuid4())  # fresh per target and dispatch
+            timestamp = str(self._now())
+            digest = hmac.new(webhook["secret"].encode(), f"{timestamp}.".encode() + body,
+                              hashlib.sha256).hexdigest()
+            headers.update({"X-Chatwoot-Delivery": delivery_id, "X-Chatwoot-Timestamp": timestamp,
+                            "X-Chatwoot-Signature": f"sha256={digest}"})
+        target = urlsplit(webhook["url"])
+        connection_class = (http.client.HTTPSConnection if target.scheme == "https"
+                            else http.client.HTTPConnection)
+        # One timeout for connecting and for every read, like WEBHOOK_TIMEOUT.
+        connection = connection_class(target.hostname, target.port, timeout=self.webhook_timeout)
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        status = error = None
+        started = time.monotonic()
+        try:
+            connection.connect()
+            # Registered only once there is a socket that stop() can shut down.
+            with self._lock:
+                if self._stopping.is_set():
+                    raise ConnectionAbortedError("the fake is stopping")
+                self._in_flight = connection
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            status = response.status
+            if not 200 <= status < 300:
+                error = f"HTTP {status} {response.reason}"
+        except TimeoutError:
+            error = f"timeout: no answer within {self.webhook_timeout:g} s"
+        except (OSError, http.client.HTTPException) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            seconds = time.monotonic() - started
+            with self._lock:
+                self._in_flight = None
+            connection.close()
+        if error is not None:
+            # Chatwoot only logs a failure. No URL here: it may carry a token.
+            log.warning("fake Chatwoot: webhook %s, %s for message %s failed: %s",
+                        webhook["id"], event, message_id, error)
+        with self._deliveries_changed:
+            self.webhook_deliveries.append({
+                "webhook_id": webhook["id"], "url": webhook["url"], "event": event,
+                "message_id": message_id, "delivery_id": delivery_id, "status": status,
+                "error": error, "seconds": seconds})
+            self._deliveries_changed.notify_all()
+
+    # ========================================================================
     # HTTP plumbing: call log, faults, routing, auth
     # ========================================================================
 
@@ -635,6 +879,8 @@ class FakeChatwoot:
     def _answer(self, method, target, headers, raw_body):
         """(status, content_type, body, extra_headers) for one request, or None to hang up."""
         parts = urlsplit(target)
+        if parts.path == "/demo" or parts.path.startswith("/demo/"):
+            return self._serve_demo(method, parts, headers, raw_body)  # not an API call
         if not parts.path.startswith("/api/"):
             return self._serve_blob(method, parts.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -701,6 +947,106 @@ class FakeChatwoot:
             return 302, "text/html; charset=utf-8", b"", {"Location": self.url + location}
         disposition = f"attachment; filename=\"{attachment['filename']}\""
         return 200, attachment["content_type"], attachment["data"], {"Content-Disposition": disposition}
+
+    # ========================================================================
+    # Demo page: a person plays the agent in Chatwoot's dashboard
+    # ========================================================================
+
+    def _serve_demo(self, method, parts, headers, raw_body):
+        """``GET /demo/`` lists conversations; ``POST /demo/reply`` adds an agent reply.
+
+        No token, no call log, no faults: this is the stand-in for an agent's
+        browser session, not an API client.
+        """
+        if parts.path == "/demo" and method == "GET":
+            return 301, HTML_TYPE, b"", {"Location": "/demo/"}
+        if parts.path == "/demo/" and method == "GET":
+            unsafe_replied = dict(parse_qsl(parts.query)).get("replied", "")
+            with self._lock:
+                known = _to_i(unsafe_replied) in self._conversations
+            notice = None
+            if known:
+                agent = self._users[self.default_agent_id]["name"]
+                notice = ("notice", f"{agent} replied to conversation #{_to_i(unsafe_replied)}.")
+            return self._demo_answer(200, notice)
+        if parts.path == "/demo/reply" and method == "POST":
+            try:
+                unsafe_form = _parse_body(headers.get("Content-Type", ""), raw_body)
+            except _ApiError:
+                unsafe_form = {}
+            unsafe_id = unsafe_form.get("conversation_id")
+            unsafe_content = unsafe_form.get("content")
+            conversation_id = _to_i(unsafe_id) if isinstance(unsafe_id, str) else 0
+            if not isinstance(unsafe_content, str) or not _present(unsafe_content):
+                return self._demo_answer(400, ("error", "A reply needs some text."))
+            # Browsers send a textarea's line breaks as CRLF; the dashboard's editor sends LF.
+            content = unsafe_content.replace("\r\n", "\n")
+            with self._lock:
+                if conversation_id not in self._conversations:
+                    return self._demo_answer(400, ("error", "No such conversation."))
+                self.add_message(conversation_id, content, "outgoing")  # fires the webhooks
+            return 303, HTML_TYPE, b"", {"Location": f"/demo/?replied={conversation_id}"}
+        return 404, "text/plain; charset=utf-8", b"Not Found\n", {}
+
+    def _demo_answer(self, status, notice):
+        with self._lock:
+            page = self._demo_page(notice)
+        return status, HTML_TYPE, page.encode(), dict(DEMO_PAGE_HEADERS)
+
+    def _demo_page(self, notice):
+        esc = html.escape
+        agent = self._users[self.default_agent_id]["name"]
+        conversations = sorted(self._conversations.values(),
+                               key=lambda c: (c["last_activity_at"], c["display_id"]), reverse=True)
+        rows = []
+        for conversation in conversations:
+            display_id = conversation["display_id"]
+            subject = conversation["additional_attributes"].get("mail_subject") or ""
+            email = self._contacts[conversation["contact_id"]]["email"] or ""
+            rows.append(
+                f'<tr><td>#{display_id}</td><td>{esc(str(subject))}</td><td>{esc(email)}</td>'
+                f'<td>{esc(conversation["status"])}</td><td>'
+                f'<form method="post" action="/demo/reply">'
+                f'<input type="hidden" name="conversation_id" value="{display_id}">'
+                f'<textarea name="content" rows="2" required aria-label="Reply to #{display_id}">'
+                f'</textarea> <button type="submit">Send reply</button></form></td></tr>')
+        table_rows = "\n".join(rows)
+        with self._deliveries_changed:
+            deliveries = self.webhook_deliveries[-5:]
+        delivered = "".join(
+            f'<li>webhook {d["webhook_id"]}, {esc(d["event"])} for message {d["message_id"]}: '
+            f'{esc(str(d["status"] if d["error"] is None else d["error"]))}</li>'
+            for d in reversed(deliveries)) or "<li>none yet</li>"
+        banner = ""
+        if notice is not None:
+            kind, text = notice
+            banner = f'<p class="{esc(kind)}" role="status">{esc(text)}</p>'
+        return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Fake Chatwoot: reply as an agent</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 64em; padding: 0 1em; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border-bottom: 1px solid #ccc; padding: .4em; text-align: left; vertical-align: top; }}
+textarea {{ width: 100%; box-sizing: border-box; }}
+.notice {{ background: #e6f4ea; padding: .5em; }} .error {{ background: #fde8e8; padding: .5em; }}
+</style></head>
+<body>
+<h1>Fake Chatwoot</h1>
+<p>This page stands in for Chatwoot's dashboard: a reply sent here is a public
+message by {esc(agent)}, and the account's webhooks
+({len(self.webhooks)} registered) are told about it.</p>
+{banner}
+<table>
+<thead><tr><th>Conversation</th><th>Subject</th><th>Contact</th><th>Status</th>
+<th>Reply as {esc(agent)}</th></tr></thead>
+<tbody>
+{table_rows}
+</tbody></table>
+<h2>Latest webhook deliveries</h2>
+<ul>{delivered}</ul>
+</body></html>
+"""
 
     # -- lookups -----------------------------------------------------------
 
@@ -829,6 +1175,102 @@ class FakeChatwoot:
         sender = self._sender_push(message)
         if sender is not None:
             out["sender"] = sender
+        return out
+
+    def _account_webhook_data(self):
+        return {"id": self.account_id, "name": self.account_name}
+
+    def _contact_webhook_data(self, contact):
+        """``Contact#webhook_data``: the account inside, and no ``type`` key."""
+        return {"account": self._account_webhook_data(),
+                "additional_attributes": contact["additional_attributes"], "avatar": "",
+                "custom_attributes": contact["custom_attributes"], "email": contact["email"],
+                "id": contact["id"], "identifier": contact["identifier"], "name": contact["name"],
+                "phone_number": contact["phone_number"], "thumbnail": "",
+                "blocked": contact["blocked"]}
+
+    def _sender_webhook_data(self, message):
+        if message["sender_type"] == "Contact":
+            return self._contact_webhook_data(self._contacts[message["sender_id"]])
+        if message["sender_type"] == "User":
+            user = self._users[message["sender_id"]]
+            return {"id": user["id"], "name": user["name"], "email": user["email"], "type": "user"}
+        return None  # template messages have no sender
+
+    def _contact_inbox_raw(self, contact_inbox):
+        """The ContactInbox row as ``as_json`` renders it (§9.5)."""
+        return {"id": contact_inbox["id"], "contact_id": contact_inbox["contact_id"],
+                "inbox_id": contact_inbox["inbox_id"], "source_id": contact_inbox["source_id"],
+                "created_at": _iso(contact_inbox["created_at"]),
+                "updated_at": _iso(contact_inbox["updated_at"]),
+                "hmac_verified": contact_inbox["hmac_verified"],
+                "pubsub_token": contact_inbox["pubsub_token"]}
+
+    def _conversation_webhook_data(self, conversation):
+        """``EventDataPresenter#push_data`` plus the account: not the REST object of §4.
+
+        ``messages`` holds the latest public non-activity message (``messages.chat.last``),
+        so for a private note it is the public message before it; ``assignee`` and
+        ``team`` are null when unset; ``first_reply_created_at`` is an ISO string.
+        """
+        contact = self._contacts[conversation["contact_id"]]
+        contact_inbox = self._contact_inboxes[conversation["contact_inbox_id"]]
+        chat = [m for m in self._messages_in(conversation)
+                if m["message_type"] != ACTIVITY and not m["private"]]
+        assignee = self._users.get(conversation["assignee_id"])
+
+        def as_int(key):
+            return conversation[key] or 0
+
+        return {
+            "additional_attributes": conversation["additional_attributes"], "can_reply": True,
+            "channel": self._inboxes[conversation["inbox_id"]]["channel_type"],
+            "contact_inbox": self._contact_inbox_raw(contact_inbox),
+            "id": conversation["display_id"], "inbox_id": conversation["inbox_id"],
+            "messages": [self._message_push(chat[-1], conversation)] if chat else [],
+            "labels": list(conversation["labels"]),
+            "meta": {"sender": self._contact_push(contact),
+                     "assignee": self._user_push(assignee) if assignee else None,
+                     "assignee_type": "User" if assignee else None, "team": None,
+                     "hmac_verified": contact_inbox["hmac_verified"]},
+            "status": conversation["status"],
+            "custom_attributes": conversation["custom_attributes"],
+            "snoozed_until": conversation["snoozed_until"],
+            "unread_count": self._unread_count(conversation),
+            "first_reply_created_at": _iso(conversation["first_reply_created_at"]),
+            "priority": conversation["priority"], "waiting_since": as_int("waiting_since"),
+            "agent_last_seen_at": as_int("agent_last_seen_at"),
+            "contact_last_seen_at": as_int("contact_last_seen_at"),
+            "last_activity_at": conversation["last_activity_at"],
+            "timestamp": conversation["last_activity_at"],
+            "created_at": conversation["created_at"], "updated_at": conversation["updated_at"],
+            "account": self._account_webhook_data(),
+        }
+
+    def _message_webhook_data(self, message, event):
+        """``Message#webhook_data`` merged with the event name (§9.5, part 2 §3.3)."""
+        conversation = self._conversations[message["conversation_id"]]
+        inbox = self._inboxes[message["inbox_id"]]
+        content = message["content"]
+        if message["content_type"] == "input_csat" and inbox["channel_type"] != "Channel::WebWidget":
+            # MessageContentPresenter#webhook_content; self.url stands in for FRONTEND_URL.
+            content = CSAT_SURVEY_RESPONSE.format(
+                link=f"{self.url}/survey/responses/{conversation['uuid']}")
+        out = {
+            "account": self._account_webhook_data(), "additional_attributes": {},
+            "content_attributes": message["content_attributes"],
+            "content_type": message["content_type"],
+            "content": _normalize_webhook_content(content),
+            "conversation": self._conversation_webhook_data(conversation),
+            "created_at": _iso(message["created_at"]), "id": message["id"],
+            "inbox": {"id": inbox["id"], "name": inbox["name"]},
+            "message_type": MESSAGE_TYPES[message["message_type"]],  # a string here, unlike REST
+            "private": message["private"], "sender": self._sender_webhook_data(message),
+            "source_id": message["source_id"],
+        }
+        if message["attachments"]:
+            out["attachments"] = [self._attachment_json(a) for a in message["attachments"]]
+        out["event"] = event
         return out
 
     def _unread_count(self, conversation):

@@ -2,15 +2,22 @@
 
 The fake stands in for Chatwoot in the portal's tests and demo, so these tests
 pin the behaviour the Chatwoot API contract (chatwoot-api.md) describes: shapes, status
-codes, the four message pagination modes, and the traps the portal must survive.
+codes, the four message pagination modes, the traps the portal must survive, and the
+account webhooks (§9) it sends to a real receiver.
 """
 
+import hashlib
+import hmac
 import http.client
 import json
+import re
+import socket
 import threading
 import time
+import uuid
 from collections import namedtuple
-from urllib.parse import urlsplit
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
@@ -658,3 +665,446 @@ def test_seed_demo_gives_jane_tickets_in_every_status_and_both_inboxes(fake):
     messages = [m for t in tickets for m in fake.messages_of(t["id"])]
     assert any(m["private"] for m in messages) and any(m["message_type"] == 2 for m in messages)
     assert any(m["message_type"] == 1 and not m["private"] for m in messages)
+
+
+# -- webhooks (§9; part 2 §3) -----------------------------------------------------
+
+Received = namedtuple("Received", "path headers body")
+BASE58_TOKEN = re.compile(r"[1-9A-HJ-NP-Za-km-z]{24}")
+SIGNING_HEADERS = ("X-Chatwoot-Delivery", "X-Chatwoot-Timestamp", "X-Chatwoot-Signature")
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that records every request, then answers ``status``
+    after ``delay`` seconds."""
+
+    def __init__(self):
+        self.requests = []
+        self.status = 200
+        self.delay = 0
+        self.release = threading.Event()  # set at teardown: cuts a delay short
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.requests.append(Received(self.path, self.headers, raw))
+                receiver.release.wait(receiver.delay)
+                try:
+                    self.send_response(receiver.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the fake gave up waiting
+
+            def log_message(self, format, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def payloads(self):
+        return [json.loads(request.body) for request in self.requests]
+
+    def stop(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    endpoint = Receiver()
+    yield endpoint
+    endpoint.stop()
+
+
+@pytest.fixture
+def ticket(fake, world):
+    """Jane's conversation in the API inbox, assigned to Sam, opened before any webhook."""
+    display_id = fake.add_conversation(world["jane"], world["api"], "Printer on fire",
+                                       assignee_id=fake.default_agent_id)
+    fake.add_message(display_id, "It burns", "incoming")
+    return display_id
+
+
+def test_webhook_is_signed_over_the_timestamp_and_the_raw_body(fake, ticket, receiver, clock):
+    secret = "Xy7kP2mQ9rT4vW8zA3bC5dE6"
+    webhook_id = fake.add_webhook(receiver.url + "/hooks/chatwoot", secret=secret)
+    clock.tick(30)
+    message_id = fake.add_message(ticket, "We replaced the toner.", "outgoing")
+    [delivery] = fake.wait_for_deliveries(1)
+    [request] = receiver.requests
+    assert request.path == "/hooks/chatwoot"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Accept"] == "application/json"
+    timestamp = request.headers["X-Chatwoot-Timestamp"]
+    assert timestamp == str(int(clock()))
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request.body,
+                        hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(request.headers["X-Chatwoot-Signature"], f"sha256={expected}")
+    assert uuid.UUID(request.headers["X-Chatwoot-Delivery"]).version == 4
+    assert request.body == json.dumps(json.loads(request.body)).encode()  # json.dumps, as is
+    assert delivery == {
+        "webhook_id": webhook_id, "url": receiver.url + "/hooks/chatwoot",
+        "event": "message_created", "message_id": message_id,
+        "delivery_id": request.headers["X-Chatwoot-Delivery"], "status": 200, "error": None,
+        "seconds": delivery["seconds"]}
+
+
+def test_generated_secret_is_24_characters_of_base58(fake, receiver):
+    first = fake.add_webhook(receiver.url + "/one")
+    second = fake.add_webhook(receiver.url + "/two")
+    assert fake.webhooks[first]["subscriptions"] == ["message_created"]
+    assert fake.webhooks[first]["signed"] is True
+    assert BASE58_TOKEN.fullmatch(fake.webhooks[first]["secret"])
+    assert fake.webhooks[first]["secret"] != fake.webhooks[second]["secret"]
+
+
+def test_unsigned_webhook_sends_none_of_the_signing_headers(fake, ticket, receiver):
+    fake.add_webhook(receiver.url, signed=False)
+    fake.add_message(ticket, "Hello from an old Chatwoot", "outgoing")
+    [delivery] = fake.wait_for_deliveries(1)
+    [request] = receiver.requests
+    assert [name for name in SIGNING_HEADERS if name in request.headers] == []
+    assert request.headers["Content-Type"] == "application/json"
+    assert (delivery["status"], delivery["delivery_id"]) == (200, None)
+
+
+def test_private_note_is_delivered_with_private_true_beside_the_last_public_message(
+        fake, ticket, receiver):
+    public_id = fake.messages_of(ticket)[-1]["id"]
+    fake.add_webhook(receiver.url)
+    note = fake.add_message(ticket, "Customer seems upset, escalate.", "outgoing", private=True)
+    fake.wait_for_deliveries(1)
+    [payload] = receiver.payloads()
+    assert (payload["id"], payload["private"], payload["message_type"]) == (note, True, "outgoing")
+    assert [m["id"] for m in payload["conversation"]["messages"]] == [public_id]
+
+
+def test_activity_message_is_not_delivered(fake, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    assert call(fake, "POST", f"conversations/{ticket}/toggle_status", {"status": "pending"}).status == 200
+    fake.add_message(ticket, "Sam Agent self-assigned this conversation", "activity")
+    reply = fake.add_message(ticket, "On it.", "outgoing")
+    assert [m["message_type"] for m in fake.messages_of(ticket)][-3:] == [2, 2, 1]
+    # One delivery thread works in order: an activity line would have come first.
+    assert [d["message_id"] for d in fake.wait_for_deliveries(1)] == [reply]
+    assert [p["id"] for p in receiver.payloads()] == [reply]
+
+
+def test_only_webhooks_subscribed_to_message_created_get_it(fake, ticket, receiver):
+    status_only = fake.add_webhook(receiver.url + "/status",
+                                   subscriptions=["conversation_status_changed"])
+    messages = fake.add_webhook(receiver.url + "/messages",
+                                subscriptions=["conversation_created", "message_created"])
+    fake.add_message(ticket, "Reply", "outgoing")
+    deliveries = fake.wait_for_deliveries(1)
+    # status_only was registered first, so it would have been served first.
+    assert status_only not in {d["webhook_id"] for d in deliveries}
+    assert deliveries[0]["webhook_id"] == messages
+    assert [r.path for r in receiver.requests] == ["/messages"]
+
+
+def test_redeliver_sends_the_same_message_again_with_a_new_delivery_id(fake, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    message_id = fake.add_message(ticket, "Fixed.", "outgoing")
+    fake.wait_for_deliveries(1)
+    assert call(fake, "POST", f"conversations/{ticket}/toggle_status", {"status": "resolved"}).status == 200
+    assert fake.redeliver(message_id) == 1
+    first, second = fake.wait_for_deliveries(2)
+    assert first["message_id"] == second["message_id"] == message_id
+    assert first["delivery_id"] != second["delivery_id"]
+    assert [r.headers["X-Chatwoot-Delivery"] for r in receiver.requests] == [
+        first["delivery_id"], second["delivery_id"]]
+    payloads = receiver.payloads()
+    assert [p["id"] for p in payloads] == [message_id, message_id]
+    # Built from the state at delivery time, like Chatwoot's listener.
+    assert [p["conversation"]["status"] for p in payloads] == ["open", "resolved"]
+
+
+def test_message_created_payload_has_the_contract_shape(fake, world, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    message_id = fake.add_message(ticket, "Hi Jane, we replaced the toner.", "outgoing")
+    fake.wait_for_deliveries(1)
+    [payload] = receiver.payloads()
+    assert set(payload) == {
+        "account", "additional_attributes", "content_attributes", "content_type", "content",
+        "conversation", "created_at", "id", "inbox", "message_type", "private", "sender",
+        "source_id", "event"}
+    assert (payload["id"], payload["event"], payload["private"]) == (message_id, "message_created", False)
+    assert payload["message_type"] == "outgoing"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", payload["created_at"])
+    assert payload["account"] == {"id": ACCOUNT, "name": "Acme"}
+    assert payload["inbox"] == {"id": world["api"], "name": "Customer Portal"}
+    assert payload["sender"] == {"id": fake.default_agent_id, "name": "Sam Agent",
+                                 "email": "sam@acme.test", "type": "user"}
+    conversation = payload["conversation"]
+    assert set(conversation) == {
+        "additional_attributes", "can_reply", "channel", "contact_inbox", "id", "inbox_id",
+        "messages", "labels", "meta", "status", "custom_attributes", "snoozed_until",
+        "unread_count", "first_reply_created_at", "priority", "waiting_since",
+        "agent_last_seen_at", "contact_last_seen_at", "last_activity_at", "timestamp",
+        "created_at", "updated_at", "account"}
+    assert (conversation["id"], conversation["inbox_id"]) == (ticket, world["api"])
+    assert conversation["channel"] == "Channel::Api"
+    assert conversation["additional_attributes"] == {"mail_subject": "Printer on fire"}
+    assert [m["id"] for m in conversation["messages"]] == [message_id]
+    assert conversation["messages"][0]["message_type"] == 1
+    assert conversation["messages"][0]["sender"]["available_name"] == "Sam"  # push shape
+    assert conversation["first_reply_created_at"].endswith("Z")
+    assert isinstance(conversation["updated_at"], float) and conversation["waiting_since"] == 0
+    assert conversation["account"] == {"id": ACCOUNT, "name": "Acme"}
+    assert set(conversation["contact_inbox"]) == {
+        "id", "contact_id", "inbox_id", "source_id", "created_at", "updated_at",
+        "hmac_verified", "pubsub_token"}
+    assert BASE58_TOKEN.fullmatch(conversation["contact_inbox"]["pubsub_token"])
+    meta = conversation["meta"]
+    assert set(meta) == {"sender", "assignee", "assignee_type", "team", "hmac_verified"}
+    assert (meta["sender"]["email"], meta["sender"]["type"]) == ("jane@example.com", "contact")
+    assert (meta["assignee"]["name"], meta["assignee_type"], meta["team"]) == ("Sam Agent", "User", None)
+
+
+def test_unassigned_conversation_has_null_assignee_in_webhooks(fake, world, receiver):
+    display_id = fake.add_conversation(world["ann"], world["api"])
+    fake.add_webhook(receiver.url)
+    fake.add_message(display_id, "Hello?", "incoming")
+    fake.wait_for_deliveries(1)
+    meta = receiver.payloads()[0]["conversation"]["meta"]
+    assert (meta["assignee"], meta["assignee_type"], meta["team"]) == (None, None, None)
+
+
+def test_content_is_normalised_for_webhooks(fake, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    message_id = fake.add_message(ticket, "Hi Jane,\\\nthe toner is in.\n\n", "outgoing")
+    fake.wait_for_deliveries(1)
+    assert receiver.payloads()[0]["content"] == "Hi Jane,\nthe toner is in."
+    assert fake.messages_of(ticket)[-1]["id"] == message_id
+    assert fake.messages_of(ticket)[-1]["content"] == "Hi Jane,\\\nthe toner is in.\n\n"
+
+
+def test_template_message_has_null_sender(fake, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    fake.add_message(ticket, "We are away until Monday.", "template")
+    fake.wait_for_deliveries(1)
+    [payload] = receiver.payloads()
+    assert (payload["message_type"], payload["sender"]) == ("template", None)
+
+
+def test_incoming_message_through_the_api_has_the_contact_as_sender_without_type(
+        fake, world, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    created = call(fake, "POST", f"conversations/{ticket}/messages",
+                   {"content": "Still smoking", "message_type": "incoming"})
+    assert created.status == 200
+    fake.wait_for_deliveries(1)
+    [payload] = receiver.payloads()
+    assert (payload["id"], payload["message_type"]) == (created.body["id"], "incoming")
+    assert payload["sender"] == {
+        "account": {"id": ACCOUNT, "name": "Acme"}, "additional_attributes": {}, "avatar": "",
+        "custom_attributes": {}, "email": "jane@example.com", "id": world["jane"],
+        "identifier": None, "name": "Jane Doe", "phone_number": None, "thumbnail": "",
+        "blocked": False}
+
+
+def test_conversation_created_with_a_message_through_the_api_is_delivered(fake, world, receiver):
+    fake.add_webhook(receiver.url)
+    created = call(fake, "POST", "conversations", {
+        "inbox_id": world["api"], "contact_id": world["joann"],
+        "message": {"content": "My screen is blank", "message_type": "incoming"}})
+    assert created.status == 200
+    [delivery] = fake.wait_for_deliveries(1)
+    [payload] = receiver.payloads()
+    assert delivery["message_id"] == payload["id"] == created.body["messages"][0]["id"]
+    assert payload["conversation"]["id"] == created.body["id"]
+
+
+def test_attachments_are_in_the_payload_as_the_rest_attachment_json(fake, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    fake.add_message(ticket, "See the photo", "outgoing", attachments=[
+        {"filename": "toner.png", "content_type": "image/png", "data": b"\x89PNG"}])
+    fake.wait_for_deliveries(1)
+    [payload] = receiver.payloads()
+    rest = call(fake, "GET", f"conversations/{ticket}/messages").body["payload"][-1]
+    assert payload["attachments"] == rest["attachments"]
+    assert payload["attachments"][0]["file_type"] == "image"
+
+
+def test_webhook_added_later_gets_no_message_created_before_it(fake, ticket, receiver):
+    first = fake.add_webhook(receiver.url + "/first")
+    receiver.delay = 5
+    busy = fake.add_message(ticket, "Keeps the delivery thread busy", "outgoing")
+    deadline = time.monotonic() + 3
+    while not receiver.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    earlier = fake.add_message(ticket, "Sent before the second webhook", "outgoing")
+    second = fake.add_webhook(receiver.url + "/second")
+    receiver.release.set()  # answer now
+    later = fake.add_message(ticket, "Sent after it", "outgoing")
+    deliveries = fake.wait_for_deliveries(4)
+    assert [(d["webhook_id"], d["message_id"]) for d in deliveries] == [
+        (first, busy), (first, earlier), (first, later), (second, later)]
+    assert [r.path for r in receiver.requests] == ["/first"] * 3 + ["/second"]
+
+
+def test_payload_shows_the_state_when_the_delivery_thread_builds_it(fake, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    receiver.delay = 5
+    fake.add_message(ticket, "Keeps the delivery thread busy", "outgoing")
+    deadline = time.monotonic() + 3
+    while not receiver.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued = fake.add_message(ticket, "Resolving this now", "outgoing")
+    assert call(fake, "POST", f"conversations/{ticket}/toggle_status", {"status": "resolved"}).status == 200
+    receiver.release.set()
+    fake.wait_for_deliveries(2)
+    payload = receiver.payloads()[1]
+    # §9.2: built when the listener runs, so the status is already the later one.
+    assert (payload["id"], payload["conversation"]["status"]) == (queued, "resolved")
+
+
+def test_messages_added_while_stopped_are_not_delivered(clock, receiver):
+    fake = FakeChatwoot(token=TOKEN, account_id=ACCOUNT, clock=clock)
+    contact = fake.add_contact("Jane Doe", "jane@example.com")
+    display_id = fake.add_conversation(contact, fake.add_inbox("Customer Portal"))
+    fake.add_webhook(receiver.url)
+    fake.add_message(display_id, "before start", "outgoing")
+    fake.start()
+    try:
+        running = fake.add_message(display_id, "while running", "outgoing")
+        fake.wait_for_deliveries(1)
+        fake.stop()
+        fake.add_message(display_id, "after stop", "outgoing")
+        fake.start()
+        restarted = fake.add_message(display_id, "after restart", "outgoing")
+        deliveries = fake.wait_for_deliveries(2)
+    finally:
+        fake.stop()
+    assert [d["message_id"] for d in deliveries] == [running, restarted]
+    assert [p["content"] for p in receiver.payloads()] == ["while running", "after restart"]
+
+
+def test_slow_receiver_times_out_after_5_seconds_and_does_not_hold_up_new_messages(
+        fake, ticket, receiver):
+    receiver.delay = 6
+    fake.add_webhook(receiver.url)
+    started = time.monotonic()
+    message_id = fake.add_message(ticket, "Anyone there?", "outgoing")
+    assert time.monotonic() - started < 0.5
+    while not receiver.requests and time.monotonic() - started < 3:
+        time.sleep(0.01)
+    assert receiver.requests  # the delivery is under way and waiting...
+    started = time.monotonic()
+    reply = call(fake, "POST", f"conversations/{ticket}/messages", {"content": "Hello?"})
+    assert reply.status == 200 and time.monotonic() - started < 0.5  # ...yet the API answers
+    first = fake.wait_for_deliveries(1, timeout=10)[0]
+    assert first["message_id"] == message_id and first["status"] is None
+    assert first["error"].startswith("timeout")
+    assert 4.5 <= first["seconds"] < 5.9
+
+
+def test_error_answer_is_recorded_and_not_retried(fake, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    receiver.status = 500
+    failed = fake.add_message(ticket, "First", "outgoing")
+    [delivery] = fake.wait_for_deliveries(1)
+    assert (delivery["status"], delivery["error"]) == (500, "HTTP 500 Internal Server Error")
+    receiver.status = 204
+    fine = fake.add_message(ticket, "Second", "outgoing")
+    deliveries = fake.wait_for_deliveries(2)
+    assert [(d["message_id"], d["status"], d["error"]) for d in deliveries] == [
+        (failed, 500, "HTTP 500 Internal Server Error"), (fine, 204, None)]
+    assert [p["id"] for p in receiver.payloads()] == [failed, fine]  # no second try
+
+
+def test_refused_connection_is_recorded_as_an_error(fake, ticket):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    fake.add_webhook(f"http://127.0.0.1:{port}/hook")
+    fake.add_message(ticket, "Hello?", "outgoing")
+    [delivery] = fake.wait_for_deliveries(1)
+    assert delivery["status"] is None and delivery["error"].startswith("ConnectionRefusedError")
+
+
+def test_stop_cuts_off_a_delivery_in_flight(fake, ticket, receiver):
+    receiver.delay = 6
+    fake.add_webhook(receiver.url)
+    fake.add_message(ticket, "Anyone there?", "outgoing")
+    deadline = time.monotonic() + 3
+    while not receiver.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert receiver.requests
+    courier = [t for t in threading.enumerate() if t.name == "fake-chatwoot-webhooks"]
+    started = time.monotonic()
+    fake.stop()
+    assert time.monotonic() - started < 2
+    assert courier and not any(t.is_alive() for t in courier)
+
+
+def test_wait_for_deliveries_fails_with_what_arrived(fake):
+    with pytest.raises(AssertionError, match="expected at least 1 webhook deliveries within 0.1 s, got 0"):
+        fake.wait_for_deliveries(1, timeout=0.1)
+
+
+def test_add_webhook_refuses_what_chatwoot_refuses(fake, receiver):
+    fake.add_webhook(receiver.url)
+    for url, subscriptions in [(receiver.url, ["message_created"]),  # url unique per account
+                               (receiver.url + "/x", ["message_sent"]),
+                               (receiver.url + "/y", []),
+                               ("ftp://127.0.0.1/hook", ["message_created"])]:
+        with pytest.raises(ValueError):
+            fake.add_webhook(url, subscriptions=subscriptions)
+    with pytest.raises(ValueError):
+        fake.redeliver(1, event="conversation_updated")
+
+
+# -- the demo page: an agent's stand-in ------------------------------------------
+
+
+def post_form(fake, path, fields):
+    return call(fake, "POST", path, token=None, raw=urlencode(fields).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+
+def test_demo_reply_adds_a_public_agent_message_and_fires_webhooks(fake, ticket, receiver):
+    fake.add_webhook(receiver.url)
+    fake.reset_calls()
+    page = call(fake, "GET", fake.demo_url.removeprefix(fake.url), token=None)
+    assert page.status == 200
+    assert page.headers.getheader("Content-Type") == "text/html; charset=utf-8"
+    text = page.raw.decode()
+    assert "Printer on fire" in text and "jane@example.com" in text
+    assert 'action="/demo/reply"' in text and f'name="conversation_id" value="{ticket}"' in text
+    answer = post_form(fake, "/demo/reply", {"conversation_id": ticket,
+                                             "content": "Your printer is fixed."})
+    assert answer.status == 303
+    assert answer.headers.getheader("Location") == f"/demo/?replied={ticket}"
+    last = fake.messages_of(ticket)[-1]
+    assert (last["content"], last["message_type"], last["private"]) == ("Your printer is fixed.", 1, False)
+    assert (last["sender_type"], last["sender_id"]) == ("User", fake.default_agent_id)
+    [delivery] = fake.wait_for_deliveries(1)
+    assert delivery["message_id"] == last["id"]
+    assert receiver.payloads()[0]["sender"]["name"] == "Sam Agent"
+    confirmation = call(fake, "GET", answer.headers.getheader("Location"), token=None)
+    assert f"Sam Agent replied to conversation #{ticket}." in confirmation.raw.decode()
+    assert fake.calls == []  # not an API call
+
+
+def test_demo_page_escapes_html_in_subjects(fake, world):
+    fake.add_conversation(world["jane"], world["api"], '<script>alert("x")</script>')
+    page = call(fake, "GET", "/demo/", token=None)
+    assert page.status == 200
+    assert "<script>" not in page.raw.decode()
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page.raw.decode()
+    assert "default-src 'none'" in page.headers.getheader("Content-Security-Policy")
+
+
+def test_demo_reply_without_text_or_to_an_unknown_conversation_is_refused(fake, ticket):
+    before = fake.messages_of(ticket)
+    assert post_form(fake, "/demo/reply", {"conversation_id": ticket, "content": "  "}).status == 400
+    assert post_form(fake, "/demo/reply", {"conversation_id": 999, "content": "Hi"}).status == 400
+    assert fake.messages_of(ticket) == before

@@ -32,6 +32,7 @@ log = logging.getLogger("portal.chatwoot")
 # page to 1000 (contract §6.1). messages.id is a 32-bit serial, so this bound
 # includes every message.
 MESSAGE_PAGE_SIZE = 1000
+AFTER_PAGE_SIZE = 100  # `after` alone: up to 100 newer messages
 MAX_MESSAGE_ID = 2147483647
 # A thread longer than this (20,000 messages) is not a support ticket any more;
 # the cap keeps one page view from reading without end.
@@ -97,6 +98,7 @@ class Ticket:
     created_at: int
     last_activity_at: int
     channel: str
+    inbox_id: int = 0
 
     @property
     def accepts_replies(self):
@@ -116,6 +118,16 @@ class Message:
     content: str
     created_at: int
     attachments: tuple = ()
+    by_agent: bool = False  # a public reply written by a person (not a bot, not a template)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipient:
+    """A conversation's contact as Chatwoot records it: who a reply mail goes to."""
+    contact_id: int
+    email: str
+    name: str
+    blocked: bool
 
 
 class ChatwootClient:
@@ -297,6 +309,43 @@ class ChatwootClient:
     def add_customer_message(self, conversation_id, content):
         body = {"content": content, "message_type": "incoming", "private": False}
         self._call("POST", f"/conversations/{int(conversation_id)}/messages", body=body)
+
+    # -- Reply mails ----------------------------------------------------------
+
+    def reply_notice(self, conversation_id, message_ids):
+        """(Ticket, Recipient, [Message]) for a reply mail, read afresh (a webhook is a hint).
+
+        The conversation names its contact as Chatwoot records it; the messages
+        are those of `message_ids` that are public replies written by an agent.
+        Both calls run at once.
+        """
+        wanted = {int(m) for m in message_ids}
+        messages = self._executor.submit(self._messages_from, conversation_id, min(wanted) - 1, max(wanted))
+        try:
+            data = self._call("GET", f"/conversations/{int(conversation_id)}")
+        except BaseException:
+            messages.cancel()
+            raise
+        ticket = _require_ticket(data)
+        sender = data["meta"]["sender"]
+        recipient = Recipient(ticket.contact_id, str(sender.get("email") or "").strip(),
+                              str(sender.get("name") or ""), sender.get("blocked") is True or data.get("muted") is True)
+        replies = [m for m in messages.result() if m.id in wanted and m.by_agent]
+        return ticket, recipient, replies
+
+    def _messages_from(self, conversation_id, after, last_id):
+        """Public messages with `after` < id <= `last_id`, 100 a page (contract §6.1)."""
+        messages = []
+        for _ in range(MAX_THREAD_PAGES):
+            data = self._call("GET", f"/conversations/{int(conversation_id)}/messages",
+                              query={"after": after, "filter_internal_messages": "true"})
+            page = _list(data, "payload")
+            messages.extend(_public_messages(page))
+            ids = [m.get("id") for m in page if isinstance(m, dict) and isinstance(m.get("id"), int)]
+            if len(page) < AFTER_PAGE_SIZE or not ids or max(ids) >= last_id:
+                break
+            after = max(ids)
+        return messages
 
     # -- Did a write whose answer was lost happen? ----------------------------
     # Chatwoot has no idempotency key (contract §5.2), so after a timeout the
@@ -549,6 +598,7 @@ def _ticket(item):
         # assignments move it too; see the README's note on what that reveals).
         last_activity_at=_int(item.get("last_activity_at")) or _int(item.get("created_at")),
         channel=str((item.get("meta") or {}).get("channel") or ""),
+        inbox_id=_int(item.get("inbox_id")),
     )
 
 
@@ -572,6 +622,8 @@ def _public_messages(raw_messages):
         if not content and not attachments:
             continue
         sender = raw.get("sender") if isinstance(raw.get("sender"), dict) else {}
+        # REST says sender.type "user"; the push shape says sender_type "User".
+        by_agent = message_type == OUTGOING and (sender.get("type") == "user" or raw.get("sender_type") == "User")
         messages.append(Message(
             id=_int(raw.get("id")),
             from_customer=message_type == INCOMING,
@@ -579,6 +631,7 @@ def _public_messages(raw_messages):
             content=content,
             created_at=_int(raw.get("created_at")),
             attachments=attachments,
+            by_agent=by_agent,
         ))
     return messages
 

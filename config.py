@@ -15,6 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_BRAND_ASSETS_DIR = HERE / "static" / "brand"
+DEFAULT_STATE_DIR = HERE / "state"
 
 # A secret shorter than the minimum is refused; one shorter than the recommended
 # length starts with a warning. `python3 -c "import secrets;
@@ -22,6 +23,9 @@ DEFAULT_BRAND_ASSETS_DIR = HERE / "static" / "brand"
 MIN_SESSION_SECRET_LENGTH = 16
 RECOMMENDED_SESSION_SECRET_LENGTH = 32
 BRAND_FILES = ("logo.png", "logo_thumbnail.png")
+# Chatwoot's own webhook secrets are 24 characters; one made up for the URL
+# must not be guessable either.
+MIN_WEBHOOK_SECRET_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -62,6 +66,10 @@ SETTINGS = (
     Setting("SMTP_SECURITY", "starttls", "starttls, ssl or none (none only for a local relay)."),
     Setting("BRAND_ASSETS_DIR", str(DEFAULT_BRAND_ASSETS_DIR), "Folder holding logo.png and logo_thumbnail.png (Chatwoot's public/brand-assets)."),
     Setting("TRUSTED_PROXY", "127.0.0.1", "Address of the reverse proxy whose X-Forwarded-For (the client address for rate limits) is believed."),
+    Setting("WEBHOOK_SECRET", "", "Secret of Chatwoot's account webhook (its signing secret, Chatwoot 4.12+), or a random string also put in the webhook URL as ?secret= for older Chatwoot. Empty: no reply mails, /webhooks/chatwoot answers 404."),
+    Setting("NOTIFY_INBOXES", "", "Comma-separated ids of the inboxes whose agent replies are mailed to the customer; default CHATWOOT_INBOX_ID. E-mail inboxes mail their contacts themselves."),
+    Setting("NOTIFY_DELAY_SECONDS", "60", "Agent replies to one ticket within this many seconds go out as one mail; the customer reading the ticket meanwhile cancels it. 0 mails each reply at once."),
+    Setting("STATE_DIR", str(DEFAULT_STATE_DIR), "Writable folder for the portal's state file (the reply-mail queue, customers' languages); systemd's StateDirectory."),
 )
 
 SMTP_SECURITY_CHOICES = ("starttls", "ssl", "none")
@@ -89,6 +97,10 @@ class Config:
     smtp_security: str
     brand_assets_dir: Path
     trusted_proxy: str
+    webhook_secret: str = dataclasses.field(repr=False)
+    notify_inboxes: tuple
+    notify_delay_seconds: int
+    state_dir: Path
     # Things that work but deserve a look; printed at start and by --check.
     warnings: tuple = ()
 
@@ -213,6 +225,19 @@ def load_config(environ=None, dotenv_path=".env"):
     except ValueError:
         problems.append(f"TRUSTED_PROXY must be an IP address, not {trusted_proxy!r}")
 
+    webhook_secret = get("WEBHOOK_SECRET")
+    if webhook_secret and len(webhook_secret) < MIN_WEBHOOK_SECRET_LENGTH:
+        problems.append(f"WEBHOOK_SECRET is too short ({len(webhook_secret)} characters, need at least "
+                        f"{MIN_WEBHOOK_SECRET_LENGTH}); use the secret Chatwoot shows for the webhook, or {generate}")
+    inbox_id = integer("CHATWOOT_INBOX_ID", 1, 2**31 - 1)
+    notify_inboxes = []
+    for part in filter(None, (p.strip() for p in get("NOTIFY_INBOXES").split(","))):
+        if part.isdigit() and 1 <= int(part) < 2**31:
+            notify_inboxes.append(int(part))
+        else:
+            problems.append(f"NOTIFY_INBOXES must be inbox ids separated by commas, not {part!r}")
+    notify_inboxes = tuple(notify_inboxes) or ((inbox_id,) if inbox_id else ())
+
     config = Config(
         host=host,
         port=port,
@@ -221,7 +246,7 @@ def load_config(environ=None, dotenv_path=".env"):
         chatwoot_url=chatwoot_url,
         chatwoot_api_token=get("CHATWOOT_API_TOKEN"),
         chatwoot_account_id=integer("CHATWOOT_ACCOUNT_ID", 1, 2**31 - 1),
-        chatwoot_inbox_id=integer("CHATWOOT_INBOX_ID", 1, 2**31 - 1),
+        chatwoot_inbox_id=inbox_id,
         chatwoot_timeout=timeout,
         session_secret=secret,
         session_idle_minutes=integer("SESSION_IDLE_MINUTES", 1, 24 * 60),
@@ -234,6 +259,10 @@ def load_config(environ=None, dotenv_path=".env"):
         smtp_security=security,
         brand_assets_dir=brand_dir,
         trusted_proxy=trusted_proxy,
+        webhook_secret=webhook_secret,
+        notify_inboxes=notify_inboxes,
+        notify_delay_seconds=integer("NOTIFY_DELAY_SECONDS", 0, 3600),
+        state_dir=Path(get("STATE_DIR")),
         warnings=tuple(warnings),
     )
     if problems:

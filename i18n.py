@@ -63,6 +63,16 @@ MESSAGES = {
     "mail_button": ("Sign in to the support portal", "Entrar al portal de soporte"),
     "mail_ignore": ("If you did not ask for this, you can ignore this e-mail: nobody can sign in without the link.",
                     "Si no lo has pedido tú, ignora este correo: nadie puede entrar sin el enlace."),
+    # Reply mail
+    "reply_mail_subject": ("New reply: {title} (ticket #{id})", "Nueva respuesta: {title} (ticket n.º {id})"),
+    "reply_mail_intro": ("Our support team answered your ticket “{title}”:",
+                         "Nuestro equipo de soporte ha respondido a tu ticket «{title}»:"),
+    "reply_mail_cut": ("Read the rest in the portal.", "Lee el resto en el portal."),
+    "reply_mail_link_intro": ("Read the whole conversation and answer in the support portal:",
+                              "Lee toda la conversación y responde en el portal de soporte:"),
+    "reply_mail_button": ("Read and answer", "Leer y responder"),
+    "reply_mail_footer": ("You get this e-mail because you have a ticket with us. Replies to this e-mail are not read: please answer in the portal.",
+                          "Recibes este correo porque tienes un ticket con nosotros. Las respuestas a este correo no se leen: responde en el portal."),
     # Dashboard
     "tickets_heading": ("My tickets", "Mis tickets"),
     "no_tickets": ("You have no tickets yet.", "Todavía no tienes tickets."),

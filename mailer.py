@@ -1,4 +1,4 @@
-"""The only module that opens SMTP: it sends sign-in mails, in plain text and HTML.
+"""The only module that opens SMTP: it sends sign-in and reply mails, in plain text and HTML.
 
 Security follows SMTP_SECURITY: "starttls" (port 587) and "ssl" (port 465) verify the
 server's certificate with the system's trust store; "none" is for a relay on the same
@@ -21,7 +21,16 @@ SMTP_TIMEOUT_SECONDS = 10
 
 
 class MailError(Exception):
-    """The mail could not be handed to the SMTP server."""
+    """The mail could not be handed to the SMTP server.
+
+    `permanent` is True when the server refused this mail for good (a 5xx answer to
+    the sender, recipient or content); trying it again later would fail the same
+    way. Down, slow, 4xx and refused logins are worth another try.
+    """
+
+    def __init__(self, message, permanent=False):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Mailer:
@@ -29,7 +38,8 @@ class Mailer:
         self._config = config
         self._pseudonym = pseudonym
 
-    def send(self, to, subject, text, html):
+    def send(self, to, subject, text, html, headers=()):
+        """Send one mail; `headers` adds (name, value) pairs such as In-Reply-To."""
         message = email.message.EmailMessage()
         message["From"] = self._config.smtp_from
         try:
@@ -41,6 +51,8 @@ class Mailer:
         message["Date"] = email.utils.formatdate(localtime=False)
         message["Message-ID"] = email.utils.make_msgid(domain=self._config.smtp_from.rpartition("@")[2] or None)
         message["Auto-Submitted"] = "auto-generated"  # no out-of-office replies to a robot
+        for name, value in headers:
+            message[name] = value
         message.set_content(text)
         message.add_alternative(html, subtype="html")
         self._session("send", to, lambda smtp: smtp.send_message(message, to_addrs=[to]))
@@ -76,7 +88,7 @@ class Mailer:
             # SMTPRecipientsRefused both tend to quote the recipient's address.
             code = getattr(error, "smtp_code", None) or getattr(error, "errno", None)
             outcome = f"failed ({type(error).__name__}{f' {code}' if code else ''})"
-            raise MailError(outcome) from None
+            raise MailError(outcome, permanent=_refused_for_good(error)) from None
         finally:
             log.info("smtp %s to=%s %s %.1fms", action, self._pseudonym(to), outcome,
                      (time.monotonic() - started) * 1000)
@@ -112,13 +124,22 @@ class Mailer:
         return smtp
 
 
+def _refused_for_good(error):
+    """A 5xx refusal of this mail (not of our login, which the sysadmin can fix)."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in error.recipients.values())
+    if isinstance(error, (smtplib.SMTPSenderRefused, smtplib.SMTPDataError)):
+        return error.smtp_code >= 500
+    return False
+
+
 class ConsoleMailer:
     """Demo mode: prints the mail instead of sending it, so a person can click the link."""
 
     def __init__(self, stream):
         self._stream = stream
 
-    def send(self, to, subject, text, html):
+    def send(self, to, subject, text, html, headers=()):
         print(f"\n--- mail to {to}: {subject}\n{text}\n---\n", file=self._stream, flush=True)
 
     def rehearse(self, to):

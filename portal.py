@@ -7,7 +7,8 @@
 A request reads top to bottom in `Portal.__call__`: parse, match a route in ROUTES,
 check CSRF on every POST, run the handler, turn known errors into localized pages,
 log one line. Handlers parse input, call `chatwoot_client`, render a template; only
-`chatwoot_client` talks to Chatwoot and only `mailer` opens SMTP.
+`chatwoot_client` talks to Chatwoot and only `mailer` opens SMTP. Chatwoot's webhook
+is checked by `webhooks` and queued by `notifications`, whose state is in `storage`.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import os
 import re
 import secrets
 import sys
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -30,11 +32,14 @@ from pathlib import Path
 import jinja2
 
 import i18n
+import webhooks
 from chatwoot_client import ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
 from config import BRAND_FILES, HERE, ConfigError, load_config
 from mailer import ConsoleMailer, Mailer, MailError
 from markup import agent_markdown
+from notifications import Notifier
 from security import MagicLinkStore, RateLimiter, SessionStore, Signer
+from storage import StateError, StateFile, check_writable
 
 log = logging.getLogger("portal")
 
@@ -164,14 +169,18 @@ class Request:
         line feed removed (a NUL breaks Chatwoot's database write)."""
         return _CONTROL_CHARACTERS.sub("", self.field(name))
 
-    def read_form(self):
+    def read_body(self, limit):
+        """The raw body, or a 413 when it is announced larger than `limit`."""
         try:
             length = int(self.environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             raise HTTPError(400, "error_heading", "error_method") from None
-        if length > MAX_BODY_BYTES:
+        if length > limit:
             raise HTTPError(413, "error_too_large_heading", "error_too_large")
-        body = self.environ["wsgi.input"].read(length) if length > 0 else b""
+        return self.environ["wsgi.input"].read(length) if length > 0 else b""
+
+    def read_form(self):
+        body = self.read_body(MAX_BODY_BYTES)
         content_type = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         if content_type == "application/x-www-form-urlencoded":
             try:
@@ -262,9 +271,13 @@ ROUTES = [
     ("POST", r"/lang", "set_language"),
     ("POST", r"/logout", "logout"),
     ("GET", r"/healthz", "healthz"),
+    ("POST", r"/webhooks/chatwoot", "chatwoot_webhook"),
     ("GET", r"/static/(?P<name>[A-Za-z0-9_.-]+)", "static_file"),
     ("GET", r"/brand/(?P<name>logo\.png|favicon\.png)", "brand_file"),
 ]
+# Handlers that authenticate their caller themselves (a signature, not a browser):
+# no session, no form parsing, no CSRF token.
+SELF_AUTHENTICATED = {"chatwoot_webhook"}
 COMPILED_ROUTES = [(method, re.compile(pattern), handler) for method, pattern, handler in ROUTES]
 
 
@@ -278,7 +291,7 @@ def _route_label(pattern):
 # ---------------------------------------------------------------------------
 
 class Portal:
-    def __init__(self, config, client=None, mailer=None, clock=time.time):
+    def __init__(self, config, client=None, mailer=None, clock=time.time, state=None):
         self.config = config
         self.signer = Signer(config.session_secret)
         self.client = client or ChatwootClient(config.chatwoot_url, config.chatwoot_api_token,
@@ -289,6 +302,8 @@ class Portal:
         self.limit_by_address = RateLimiter(*SIGNIN_PER_ADDRESS, clock=clock)
         self.limit_by_ip = RateLimiter(*SIGNIN_PER_IP, clock=clock)
         self.cookie_path = config.base_path or "/"
+        # Reply mails and customers' languages outlive a restart (STATE_DIR).
+        self.state = state or StateFile(config.state_dir)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             # Escape everything but the plain-text mail (an O'Brien is not O&#39;Brien).
@@ -305,6 +320,18 @@ class Portal:
         # Either file stands in for the other when a brand folder has only one.
         logo = files.get("logo.png") or files["logo_thumbnail.png"]
         self.brand = {"logo.png": logo, "favicon.png": files.get("logo_thumbnail.png") or logo}
+        self.notifier = Notifier(config, self.client, self.mailer, self.state, self.templates, self.signer.pseudonym)
+
+    def start(self):
+        """Start the background work: the reply-mail workers, when webhooks are on."""
+        if self.notifier.enabled:
+            self.notifier.start()
+        return self
+
+    def close(self):
+        self.notifier.stop()
+        self.client.close()
+        self.state.close()
 
     # -- WSGI entry ---------------------------------------------------------
 
@@ -354,6 +381,8 @@ class Portal:
             request.route_label = _route_label(pattern.pattern)
             if "" in request.query:
                 raise HTTPError(400, "error_heading", "error_method")
+            if handler_name in SELF_AUTHENTICATED:
+                return getattr(self, handler_name)(request)
             request.session = self.current_session(request)
             if method == "POST":
                 request.read_form()
@@ -518,6 +547,8 @@ class Portal:
         # Always a new id: a session id planted before sign-in is worthless after it.
         session = self.sessions.create(link.contact_id, link.email, link.name)
         log.info("signed in contact=%s email=%s", link.contact_id, self.signer.pseudonym(link.email))
+        # Mails about this contact's tickets speak the language they use here.
+        self.state.remember_language(link.contact_id, request.lang if request.lang_from_cookie else link.lang)
         response = redirect(self.url(link.next_path or "/dashboard"))
         response.set_cookie(SESSION_COOKIE, self.signer.sign("session", session.id), self.cookie_path,
                             self.config.secure_cookies)
@@ -537,6 +568,8 @@ class Portal:
         lang = request.field("lang")
         if lang not in i18n.LANGUAGES:
             raise HTTPError(400, "error_heading", "error_method")
+        if request.session:
+            self.state.remember_language(request.session.contact_id, lang)
         response = redirect(self.url(_safe_next(request.field("next")) or "/"))
         response.set_cookie(LANG_COOKIE, lang, self.cookie_path, self.config.secure_cookies, LANG_COOKIE_MAX_AGE)
         return response
@@ -625,6 +658,8 @@ class Portal:
                 return self.reply_form_again(request, ticket_id, reply, failure)
             return self.unavailable(request, failure)
         self.check_owner(ticket, session)
+        # What the customer reads here needs no mail (see notifications).
+        self.notifier.ticket_viewed(ticket.id, max((m.id for m in thread), default=0))
         title = ticket.subject or i18n.translate(request.lang, "ticket_number", id=ticket.id)
         return self.render(request, "ticket.html", status, ticket=ticket, title=title, thread=thread,
                            reply=reply, error=error, form_id=secrets.token_urlsafe(16))
@@ -720,13 +755,46 @@ class Portal:
     # -- Files and health ---------------------------------------------------
 
     def healthz(self, request):
-        return Response(200, json.dumps({"status": "ok"}), "application/json")
+        health = {"status": "ok"}
+        if self.notifier.enabled:
+            health["notifications"] = self.notifier.health()
+        return _json_response(200, health)
+
+    # -- Chatwoot's webhook ---------------------------------------------------
+
+    def chatwoot_webhook(self, request):
+        """Validate, de-duplicate, queue; answer at once (Chatwoot waits 5 s at most)."""
+        if not self.config.webhook_secret:
+            raise HTTPError(404, "error_not_found_heading", "error_not_found")
+        raw_body = request.read_body(webhooks.MAX_BODY_BYTES)
+        environ = request.environ
+        if not webhooks.authentic(self.config.webhook_secret, environ.get("HTTP_X_CHATWOOT_SIGNATURE", ""),
+                                  environ.get("HTTP_X_CHATWOOT_TIMESTAMP", ""), raw_body, request.arg("secret"),
+                                  time.time()):
+            log.warning("webhook refused from %s: no valid signature or URL secret (check WEBHOOK_SECRET)",
+                        request.client_ip)
+            return _json_response(401, {"error": "not authenticated"})
+        try:
+            ids, why = webhooks.agent_reply_hint(raw_body, self.config.chatwoot_account_id, self.config.notify_inboxes)
+        except (ValueError, RecursionError):
+            log.warning("webhook ignored: the body is not a JSON object")
+            return _json_response(400, {"error": "not a JSON object"})
+        if ids is None:
+            return _json_response(200, {"queued": False, "why": why})
+        message_id, ticket_id = ids
+        added = self.notifier.accept(message_id, ticket_id)
+        log.info("webhook message=%s ticket=%s %s", message_id, ticket_id, "queued" if added else "duplicate")
+        return _json_response(200, {"queued": added})
 
     def static_file(self, request, name):
         return _file_response(self.static, name, request.arg("v"))
 
     def brand_file(self, request, name):
         return _file_response(self.brand, name, request.arg("v"))
+
+
+def _json_response(status, data):
+    return Response(status, json.dumps(data), "application/json")
 
 
 def redirect(location):
@@ -789,6 +857,7 @@ def serve(app, config):
     # than cores keep pages flowing while some wait, and the connection limit
     # bounds memory. waitress refuses absurd bodies itself; anything between our
     # form limit and that still gets the portal's own localized 413 page.
+    app.start()
     waitress.serve(app, host=config.host, port=config.port, threads=16, connection_limit=200,
                    channel_timeout=30, max_request_body_size=4 * MAX_BODY_BYTES, ident="portal",
                    clear_untrusted_proxy_headers=False)
@@ -805,6 +874,16 @@ def check(config):
     smtp_problems = Mailer(config).check()
     print(("FAIL" if smtp_problems else "ok  ") + f"  SMTP {config.smtp_address}:{config.smtp_port} ({config.smtp_security})")
     problems += smtp_problems
+    state_problem = check_writable(config.state_dir)
+    print(("FAIL" if state_problem else "ok  ") + f"  State folder {config.state_dir} (reply-mail queue) is writable")
+    problems += [state_problem] if state_problem else []
+    if config.webhook_secret:
+        inboxes = ", ".join(map(str, config.notify_inboxes))
+        print(f"ok    Reply mails: WEBHOOK_SECRET is set; agent replies in inbox {inboxes} are mailed "
+              f"after {config.notify_delay_seconds} s to {config.public_url('/webhooks/chatwoot')}")
+    else:
+        print("note  Reply mails are off: WEBHOOK_SECRET is not set, so customers are not told when support "
+              "answers (README: \"Mail when support answers\")")
     for problem in problems:
         print(f"  - {problem}")
     return not problems
@@ -823,6 +902,12 @@ def demo_environment(environ, fake):
     )
     settings.setdefault("PORTAL_URL", f"http://{host}:{port}")
     settings.setdefault("SESSION_SECRET", secrets.token_hex(32))
+    # Reply mails on: the fake's account webhook posts to this portal, signed.
+    settings.setdefault("WEBHOOK_SECRET", secrets.token_urlsafe(18))
+    settings.setdefault("NOTIFY_DELAY_SECONDS", "10")
+    settings.setdefault("STATE_DIR", tempfile.mkdtemp(prefix="portal-demo-"))
+    base = settings.get("BASE_PATH", "/portal").rstrip("/")
+    fake.add_webhook(f"http://{host}:{port}{base}/webhooks/chatwoot", secret=settings["WEBHOOK_SECRET"])
     return settings, seeded
 
 
@@ -856,8 +941,15 @@ def main(argv=None):
     if args.demo:
         emails = ", ".join(sorted(seeded["contacts"]))
         print(f"\nDemo mode: open {config.public_url('/')} and sign in as one of: {emails}\n"
-              "Sign-in links are printed below instead of being mailed.\n", flush=True)
-    serve(Portal(config, mailer=mailer), config)
+              "Sign-in links are printed below instead of being mailed.\n"
+              f"Answer a ticket as an agent at {fake.demo_url} : the customer's reply mail is printed "
+              f"too, {config.notify_delay_seconds} s later (unless they read it in the portal first).\n", flush=True)
+    try:
+        app = Portal(config, mailer=mailer)
+    except StateError as error:
+        print(f"The portal cannot start: {error}; set STATE_DIR to a folder it can write", file=sys.stderr)
+        return 2
+    serve(app, config)
     return 0
 
 

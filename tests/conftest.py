@@ -1,11 +1,14 @@
 """Fixtures: a fake Chatwoot, a real SMTP server and the portal, each on a real socket."""
 
+import asyncio
 import email
 import email.policy
 import re
 import socket
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,12 +47,33 @@ class MailCatcher:
     def __init__(self):
         self.messages = []
         self.fail_with = None
+        self.delay = 0.0  # seconds before answering DATA: a slow mail server
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.fail_with:
             return self.fail_with
         self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
         return "250 OK"
+
+    def wait_for(self, count, timeout=10.0):
+        """Block until `count` messages arrived; they are returned."""
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} mails within {timeout}s, got {len(self.messages)}")
+            time.sleep(0.02)
+        return self.messages[:count]
+
+    def stop(self):
+        """The mail server goes down: connections are refused."""
+        self.controller.stop()
+
+    def restart(self):
+        """The mail server comes back on the same port."""
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
 
     def link_for(self, address):
         """The sign-in link of the newest mail to `address`."""
@@ -90,8 +114,8 @@ def smtp():
     controller.start()
     catcher.controller = controller
     yield catcher
-    if controller._thread is not None:  # a test may have stopped it already
-        controller.stop()
+    if catcher.controller._thread is not None:  # a test may have stopped it already
+        catcher.controller.stop()
 
 
 def portal_settings(fake, smtp, **overrides):
@@ -109,6 +133,8 @@ def portal_settings(fake, smtp, **overrides):
         "SMTP_PORT": str(smtp.port),
         "SMTP_SECURITY": "none",
         "SMTP_FROM": "support@example.com",
+        # Each portal its own state file: no queued mail leaks into another test.
+        "STATE_DIR": tempfile.mkdtemp(prefix="portal-state-"),
     }
     settings.update(overrides)
     return settings
@@ -137,7 +163,7 @@ class RunningPortal:
         self._thread.join(timeout=5)
         self.server.close()
         self.server.task_dispatcher.shutdown()
-        self.app.client.close()
+        self.app.close()
 
     def browser(self, **headers):
         return Browser("127.0.0.1", self.port, headers)
@@ -148,7 +174,7 @@ class RunningPortal:
 
 def start_portal(settings, clock):
     config = load_config(settings, dotenv_path=None)
-    app = Portal(config, clock=clock)
+    app = Portal(config, clock=clock).start()
     # As portal.serve() does: X-Forwarded-For reaches the portal, which alone
     # decides whether to believe it (TRUSTED_PROXY).
     server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=4,

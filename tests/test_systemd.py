@@ -48,3 +48,10 @@ def test_the_unit_runs_the_portal_from_its_venv_as_an_unprivileged_user():
     assert not re.search(r"^User=root$", text, re.M)
     assert re.search(r"^EnvironmentFile=\S+$", text, re.M)
     assert re.search(r"^Restart=on-failure$", text, re.M)
+
+
+def test_the_unit_gives_the_reply_mail_queue_a_state_directory_of_its_own():
+    text = UNIT.read_text()
+    directory = re.search(r"^StateDirectory=(\S+)$", text, re.M).group(1)
+    assert re.search(rf"^Environment=STATE_DIR=/var/lib/{re.escape(directory)}$", text, re.M)
+    assert re.search(r"^StateDirectoryMode=0700$", text, re.M)

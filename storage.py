@@ -1,0 +1,197 @@
+"""The portal's state that must outlive a restart, in one SQLite file (STATE_DIR/portal.sqlite3).
+
+What lives here, and why it is not in memory like sessions:
+
+* `notification`: the reply-mail queue, one row per agent message. The message id is
+  the primary key, so a message Chatwoot delivers twice (it does, under different
+  delivery ids) is queued once; rows stay after they are done for DEDUP_DAYS so a late
+  duplicate still finds its twin.
+* `contact_language`: each contact's last chosen portal language, for their mails.
+* `ticket_seen`: the newest message id each ticket's owner has seen in the portal, so
+  a reply already read on screen is not mailed.
+
+Standard library `sqlite3`, WAL journal, one connection shared by the process's threads
+behind one lock: a single writer, and every multi-statement change is one transaction
+(`BEGIN IMMEDIATE`). `synchronous=NORMAL` with WAL survives a process crash (a power
+cut may lose the last transactions: at worst a mail is sent twice or not queued).
+"""
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+FILE_NAME = "portal.sqlite3"
+# Done rows are kept this long to catch duplicate deliveries of the same message.
+DEDUP_DAYS = 30
+# Markers of tickets nobody has opened for this long are forgotten.
+SEEN_DAYS = 180
+PURGE_INTERVAL_SECONDS = 3600
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notification (
+    message_id  INTEGER PRIMARY KEY,
+    ticket_id   INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    due_at      REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    state       TEXT NOT NULL DEFAULT 'queued',  -- queued, sent, skipped, cancelled, failed
+    done_at     REAL
+);
+CREATE INDEX IF NOT EXISTS notification_queued ON notification (state, ticket_id, due_at);
+CREATE TABLE IF NOT EXISTS contact_language (
+    contact_id INTEGER PRIMARY KEY,
+    lang       TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ticket_seen (
+    ticket_id  INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL,
+    seen_at    REAL NOT NULL
+);
+"""
+
+
+class StateError(Exception):
+    """The state file cannot be opened or written."""
+
+
+class StateFile:
+    def __init__(self, folder, clock=time.time):
+        self.path = Path(folder) / FILE_NAME
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_purge = 0.0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # isolation_level=None: no implicit transactions; BEGIN IMMEDIATE where it matters.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise StateError(f"cannot use the state file {self.path}: {error}") from None
+
+    def close(self):
+        with self._lock:
+            self._db.close()
+
+    # -- the notification queue ----------------------------------------------
+
+    def enqueue(self, message_id, ticket_id, due_at):
+        """Queue one agent message; False when this message id was seen before."""
+        now = self._clock()
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO notification (message_id, ticket_id, received_at, due_at) VALUES (?, ?, ?, ?)",
+                (int(message_id), int(ticket_id), now, due_at))
+            return cursor.rowcount == 1
+
+    def due_tickets(self, now, exclude=(), limit=8):
+        """Tickets whose earliest queued message is due, most overdue first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ticket_id, MIN(due_at) AS due FROM notification WHERE state = 'queued' "
+                "GROUP BY ticket_id HAVING due <= ? ORDER BY due LIMIT ?",
+                (now, limit + len(exclude))).fetchall()
+        return [ticket_id for ticket_id, _ in rows if ticket_id not in exclude][:limit]
+
+    def next_due_at(self):
+        """When the next queued message falls due, or None when the queue is empty."""
+        with self._lock:
+            return self._db.execute("SELECT MIN(due_at) FROM notification WHERE state = 'queued'").fetchone()[0]
+
+    def queued_for(self, ticket_id):
+        """[(message_id, received_at, attempts)] queued for one ticket, oldest first."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT message_id, received_at, attempts FROM notification "
+                "WHERE state = 'queued' AND ticket_id = ? ORDER BY message_id", (int(ticket_id),)).fetchall()
+
+    def finish(self, message_ids, state):
+        """Mark messages done: sent, skipped, cancelled or failed."""
+        now = self._clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE notification SET state = ?, done_at = ? WHERE message_id = ? AND state = 'queued'",
+                                 [(state, now, int(m)) for m in message_ids])
+            self._db.execute("COMMIT")
+            self._purge_if_due(now)
+
+    def retry_later(self, message_ids, due_at):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE notification SET due_at = ?, attempts = attempts + 1 WHERE message_id = ? AND state = 'queued'",
+                [(due_at, int(m)) for m in message_ids])
+            self._db.execute("COMMIT")
+
+    def cancel_seen(self, ticket_id, up_to_message_id):
+        """The customer saw the ticket: its queued messages up to this id need no mail."""
+        now = self._clock()
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE notification SET state = 'cancelled', done_at = ? "
+                "WHERE state = 'queued' AND ticket_id = ? AND message_id <= ?",
+                (now, int(ticket_id), int(up_to_message_id)))
+            return cursor.rowcount
+
+    def queue_stats(self, now):
+        """(queued messages, age in seconds of the oldest one or None)."""
+        with self._lock:
+            count, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(received_at) FROM notification WHERE state = 'queued'").fetchone()
+        return count, (None if oldest is None else max(0.0, now - oldest))
+
+    def states(self):
+        """{state: count} over the whole table (tests and the benchmark)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT state, COUNT(*) FROM notification GROUP BY state").fetchall())
+
+    # -- what the customer chose and saw ----------------------------------------
+
+    def remember_language(self, contact_id, lang):
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO contact_language (contact_id, lang, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (contact_id) DO UPDATE SET lang = excluded.lang, updated_at = excluded.updated_at "
+                "WHERE lang != excluded.lang",
+                (int(contact_id), lang, self._clock()))
+
+    def language_of(self, contact_id):
+        with self._lock:
+            row = self._db.execute("SELECT lang FROM contact_language WHERE contact_id = ?", (int(contact_id),)).fetchone()
+        return row[0] if row else None
+
+    def mark_seen(self, ticket_id, message_id):
+        """Remember the newest message the owner has seen; only ever moves forward."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO ticket_seen (ticket_id, message_id, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (ticket_id) DO UPDATE SET message_id = excluded.message_id, seen_at = excluded.seen_at "
+                "WHERE excluded.message_id > message_id",
+                (int(ticket_id), int(message_id), self._clock()))
+
+    def seen_message_id(self, ticket_id):
+        with self._lock:
+            row = self._db.execute("SELECT message_id FROM ticket_seen WHERE ticket_id = ?", (int(ticket_id),)).fetchone()
+        return row[0] if row else 0
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def _purge_if_due(self, now):
+        """Drop old done rows and old markers, at most once an hour (caller holds the lock)."""
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_INTERVAL_SECONDS
+        self._db.execute("DELETE FROM notification WHERE state != 'queued' AND done_at < ?", (now - DEDUP_DAYS * 86400,))
+        self._db.execute("DELETE FROM ticket_seen WHERE seen_at < ?", (now - SEEN_DAYS * 86400,))
+
+
+def check_writable(folder):
+    """A problem sentence when the state folder cannot hold the state file, else ""."""
+    try:
+        StateFile(folder).close()
+    except StateError as error:
+        return f"{error}; make STATE_DIR a folder the portal's user can write"
+    return ""

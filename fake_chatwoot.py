@@ -584,6 +584,12 @@ class FakeChatwoot:
                     f"got {len(self.webhook_deliveries)}: {self.webhook_deliveries!r}")
             return [dict(d) for d in self.webhook_deliveries]
 
+    def webhook_body(self, message_id, event="message_created"):
+        """The JSON body Chatwoot would deliver for this message now (for load tests
+        that post deliveries themselves)."""
+        with self._lock:
+            return json.dumps(self._message_webhook_data(self._messages[message_id], event)).encode()
+
     def redeliver(self, message_id, event="message_created"):
         """Send ``event`` for this message again to every subscribed webhook.
 

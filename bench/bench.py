@@ -1,19 +1,28 @@
 """Benchmark: Chatwoot calls per action, page latency, throughput, overhead, memory.
 
-    python bench/bench.py [--delay-ms 20] [--requests 200] [--concurrency 16] [--flood 20000]
+    python bench/bench.py [--delay-ms 20] [--requests 200] [--concurrency 16] [--flood 20000] [--webhooks 500]
 
 Starts the fake Chatwoot (in this process) answering every API call after
 `--delay-ms`, a real SMTP server, and the portal as a separate process (so its
 memory is its own), signs in, and prints a table. "Overhead" is the page's p50
 minus the upstream delay it cannot avoid (one delay: a ticket page's two calls run
 side by side). Figures vary with the machine; run it twice before comparing.
+
+Last, a burst of Chatwoot webhooks: `--webhooks` agent replies on as many tickets,
+each delivered twice in shuffled order and signed as Chatwoot signs them; it
+prints how fast the portal answers them and checks that exactly one mail per
+reply arrives.
 """
 
 import argparse
+import collections
 import email
 import email.policy
+import hashlib
+import hmac
 import http.client
 import os
+import random
 import re
 import socket
 import statistics
@@ -73,6 +82,9 @@ def run_together(functions):
     return time.perf_counter() - started
 
 
+WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -91,6 +103,7 @@ class Bench:
                     else f"Agent answer {m} with **bold**, `code` and https://example.com/{m}")
             self.fake.add_message(self.long_ticket, text, "incoming" if m % 2 == 0 else "outgoing")
         self.fake.add_conversation(other, self.inbox, "Someone else's", "open")
+        self.burst_contact = self.fake.add_contact("Burst Customer", "burst@example.com")
         self.mailbox = Mailbox()
         smtp_port = free_port()
         self.smtp = Controller(self.mailbox, hostname="127.0.0.1", port=smtp_port)
@@ -103,7 +116,9 @@ class Bench:
                    CHATWOOT_API_TOKEN=self.fake.token, CHATWOOT_ACCOUNT_ID=str(self.fake.account_id),
                    CHATWOOT_INBOX_ID=str(self.inbox), SESSION_SECRET="bench-" + "x" * 40,
                    SMTP_ADDRESS="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_SECURITY="none",
-                   SMTP_FROM="support@example.com", PYTHONUNBUFFERED="1")
+                   SMTP_FROM="support@example.com", PYTHONUNBUFFERED="1",
+                   WEBHOOK_SECRET=WEBHOOK_SECRET, NOTIFY_DELAY_SECONDS="0",
+                   STATE_DIR=tempfile.mkdtemp(prefix="portal-bench-"))
         self.process = subprocess.Popen([sys.executable, str(ROOT / "portal.py")], cwd=ROOT, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_for_portal()
@@ -206,6 +221,56 @@ class Bench:
         elapsed = run_together([worker] * concurrency)
         return times, len(times) / elapsed
 
+    def webhook_burst(self, replies, concurrency):
+        """`replies` agent replies on as many tickets, each delivered twice, shuffled.
+
+        Returns (per-request ms, statuses, seconds of the burst, reply mails that
+        arrived, mails that arrived twice, seconds until the last mail).
+        """
+        deliveries = []
+        for n in range(replies):
+            ticket = self.fake.add_conversation(self.burst_contact, self.inbox, f"Burst {n}", "open")
+            message = self.fake.add_message(ticket, f"Burst reply {n}", "outgoing")
+            deliveries += [self.fake.webhook_body(message)] * 2  # Chatwoot's duplicates
+        random.Random(1).shuffle(deliveries)
+        times, statuses, lock = [], collections.Counter(), threading.Lock()
+        queue = list(deliveries)
+
+        def worker():
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            while True:
+                with lock:
+                    if not queue:
+                        break
+                    body = queue.pop()
+                timestamp = str(int(time.time()))
+                digest = hmac.new(WEBHOOK_SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+                started = time.perf_counter()
+                connection.request("POST", "/portal/webhooks/chatwoot", body=body, headers={
+                    "Content-Type": "application/json", "X-Chatwoot-Timestamp": timestamp,
+                    "X-Chatwoot-Signature": f"sha256={digest}"})
+                response = connection.getresponse()
+                response.read()
+                with lock:
+                    times.append((time.perf_counter() - started) * 1000)
+                    statuses[response.status] += 1
+            connection.close()
+
+        started = time.perf_counter()
+        elapsed = run_together([worker] * concurrency)
+
+        def reply_mails():
+            return [m["Subject"] for m in list(self.mailbox.messages) if "Burst" in (m["Subject"] or "")]
+
+        deadline = time.monotonic() + 120
+        while len(reply_mails()) < replies and time.monotonic() < deadline:
+            time.sleep(0.05)
+        last_mail = time.perf_counter() - started
+        time.sleep(2)  # any mail sent twice would arrive now
+        subjects = reply_mails()
+        twice = sum(count - 1 for count in collections.Counter(subjects).values() if count > 1)
+        return times, statuses, elapsed, len(set(subjects)), twice, last_mail
+
     def flood(self, count, concurrency, offset=0):
         """Distinct unknown addresses from distinct (forwarded) client addresses.
 
@@ -249,6 +314,7 @@ def main():
     parser.add_argument("--requests", type=int, default=200, help="requests per latency measurement (default 200)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--flood", type=int, default=20_000, help="sign-in requests in the memory flood (default 20000)")
+    parser.add_argument("--webhooks", type=int, default=500, help="agent replies in the webhook burst, each delivered twice (default 500)")
     args = parser.parse_args()
     bench = Bench(args)
     delay = args.delay_ms / 1000
@@ -274,6 +340,7 @@ def main():
         flood_before, flood_after, statuses, flood_seconds = bench.flood(args.flood, args.concurrency)
         _, flood_again, _, _ = bench.flood(args.flood, args.concurrency, offset=args.flood)
         peak = rss_kib(bench.process.pid, "VmHWM")
+        burst = bench.webhook_burst(args.webhooks, args.concurrency)
     finally:
         bench.close()
 
@@ -299,6 +366,16 @@ def main():
     print(f"| peak RSS overall | {peak / 1024:.1f} |")
     answered = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
     print(f"\nFlood answered: {answered} in {flood_seconds:.1f} s")
+    times, statuses, elapsed, mailed, twice, last_mail = burst
+    answered = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
+    print(f"\nWebhook burst: {len(times)} signed deliveries ({args.webhooks} agent replies, each twice, shuffled) "
+          f"at concurrency {args.concurrency}")
+    print("| measure | value |\n| --- | --- |")
+    print(f"| answered | {answered} |")
+    print(f"| answered per second | {len(times) / elapsed:.0f} |")
+    print(f"| answer time p50 / p99 / max, ms | {statistics.median(times):.1f} / {percentile(times, 0.99):.1f} / {max(times):.1f} |")
+    print(f"| reply mails arrived (distinct) | {mailed} of {args.webhooks}, the last {last_mail:.1f} s after the burst began |")
+    print(f"| mails sent twice | {twice} |")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ MAX_IDLE_SECONDS = 15
 POOL_SIZE = 32
 
 STATUSES = ("open", "pending", "resolved", "snoozed")
+# Chatwoot's priority enum (part 2 §2); no priority is null in its JSON, "" here.
+# "none" is not among them: Chatwoot answers 500 to it (contract §8.3).
+PRIORITIES = ("low", "medium", "high", "urgent")
 API_CHANNEL = "Channel::Api"
 INCOMING, OUTGOING, ACTIVITY, TEMPLATE = 0, 1, 2, 3
 MESSAGE_TYPE_BY_NAME = {"incoming": INCOMING, "outgoing": OUTGOING, "activity": ACTIVITY, "template": TEMPLATE}
@@ -99,6 +102,7 @@ class Ticket:
     last_activity_at: int
     channel: str
     inbox_id: int = 0
+    priority: str = ""  # one of PRIORITIES, or "" for none
 
     @property
     def accepts_replies(self):
@@ -305,6 +309,19 @@ class ChatwootClient:
             return int(data["id"])
         except (KeyError, TypeError, ValueError):
             raise ChatwootUnavailable("unexpected answer: no conversation id") from None
+
+    def set_priority(self, conversation_id, priority):
+        """Give a conversation one of PRIORITIES.
+
+        `POST conversations` ignores `priority` (contract §5.1), so it is set by a
+        second call. `toggle_priority` exists since Chatwoot 2.17 (PATCH only since
+        3.7) and answers 200 with an empty body. Setting the same value again changes
+        nothing in Chatwoot, so a dropped keep-alive connection may be retried.
+        """
+        if priority not in PRIORITIES:
+            raise ValueError(f"not a Chatwoot priority: {priority!r}")
+        self._call("POST", f"/conversations/{int(conversation_id)}/toggle_priority",
+                   body={"priority": priority}, idempotent=True)
 
     def add_customer_message(self, conversation_id, content):
         body = {"content": content, "message_type": "incoming", "private": False}
@@ -588,6 +605,7 @@ def _ticket(item):
     # Always a string in Chatwoot's JSON; the database integers are accepted too.
     status = STATUS_BY_NUMBER.get(status, status) if isinstance(status, int) else status
     status = status if status in STATUSES else "open"
+    priority = item.get("priority")
     return Ticket(
         id=conversation_id,
         contact_id=contact_id,
@@ -599,6 +617,7 @@ def _ticket(item):
         last_activity_at=_int(item.get("last_activity_at")) or _int(item.get("created_at")),
         channel=str((item.get("meta") or {}).get("channel") or ""),
         inbox_id=_int(item.get("inbox_id")),
+        priority=priority if priority in PRIORITIES else "",  # null or anything unknown: none
     )
 
 

@@ -102,6 +102,18 @@ MESSAGES = {
     "error_message_too_long": ("The message is too long: at most {limit} characters.",
                                "El mensaje es demasiado largo: como máximo {limit} caracteres."),
     "ticket_created": ("Your ticket was created. We will answer here soon.", "Tu ticket se ha creado. Te responderemos aquí pronto."),
+    # Priority: the new-ticket form's choices, which are also the badge of a ticket
+    # that has one (what was chosen is what is shown)
+    "priority_label": ("Priority", "Prioridad"),
+    "priority_hint": ("Optional. How urgent is this for you?", "Opcional. ¿Qué urgencia tiene para ti?"),
+    "priority_none": ("No priority", "Sin prioridad"),
+    "priority_low": ("Low priority", "Prioridad baja"),
+    "priority_medium": ("Medium priority", "Prioridad media"),
+    "priority_high": ("High priority", "Prioridad alta"),
+    "priority_urgent": ("Urgent priority", "Prioridad urgente"),
+    "error_priority_invalid": ("Please choose one of the listed priorities.", "Elige una de las prioridades de la lista."),
+    "ticket_created_priority_failed": ("Your ticket was created, but we could not set its priority. We will still answer here soon.",
+                                       "Tu ticket se ha creado, pero no hemos podido fijar su prioridad. Aun así, te responderemos aquí pronto."),
     # Ticket page
     "back_to_tickets": ("All tickets", "Todos los tickets"),
     "opened_on": ("Opened {when}", "Abierto el {when}"),

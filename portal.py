@@ -33,7 +33,7 @@ import jinja2
 
 import i18n
 import webhooks
-from chatwoot_client import ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
+from chatwoot_client import PRIORITIES, ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
 from config import BRAND_FILES, HERE, ConfigError, load_config
 from mailer import ConsoleMailer, Mailer, MailError
 from markup import agent_markdown
@@ -85,6 +85,10 @@ EMAIL_PATTERN = re.compile(rf"{_ADDRESS_CHARACTER}+@{_ADDRESS_CHARACTER}+\.[^\s@
 # C0 controls and DEL, except tab and line feed (a lone CR is kept out too).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 NOTICES = ("signin_required", "session_expired", "signed_out")
+# The new-ticket form's priority choices: "none", the default, is no call at all,
+# never Chatwoot's "none" (a 500, contract §8.3).
+NO_PRIORITY = "none"
+PRIORITY_CHOICES = (NO_PRIORITY, *PRIORITIES)
 
 # ---------------------------------------------------------------------------
 # Requests and responses
@@ -588,22 +592,25 @@ class Portal:
 
     def new_ticket_page(self, request):
         self.require_session(request)
-        return self.render(request, "ticket_new.html", subject="", message="", errors={},
+        return self.render(request, "ticket_new.html", subject="", message="", priority=NO_PRIORITY, errors={},
                            form_id=secrets.token_urlsafe(16))
 
     def create_ticket(self, request):
         untrusted_subject = request.text_field("subject")
         untrusted_message = request.text_field("message")
+        # A form from before priorities existed sends none: that is "none".
+        untrusted_priority = request.field("priority") or NO_PRIORITY
         form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
         if request.session is None:
             draft = "\n\n".join(part for part in (untrusted_subject, untrusted_message) if part.strip())
             return self.signin_with_draft(request, "/tickets/new", draft)
         session = request.session
+        priority = untrusted_priority if untrusted_priority in PRIORITY_CHOICES else None
 
         def form_again(status, errors=None, problem=""):
             return self.render(request, "ticket_new.html", status, subject=untrusted_subject,
-                               message=untrusted_message, errors=errors or {}, problem=problem,
-                               form_id=form_id)
+                               message=untrusted_message, priority=priority or NO_PRIORITY,
+                               errors=errors or {}, problem=problem, form_id=form_id)
 
         subject, message = untrusted_subject.strip(), untrusted_message.strip()
         errors = {}
@@ -615,12 +622,17 @@ class Portal:
             errors["message"] = i18n.translate(request.lang, "error_message_required")
         elif len(message) > MESSAGE_MAX_CHARS:
             errors["message"] = i18n.translate(request.lang, "error_message_too_long", limit=MESSAGE_MAX_CHARS)
+        if priority is None:
+            errors["priority"] = i18n.translate(request.lang, "error_priority_invalid")
         if errors:
             return form_again(400, errors)
         # A second copy of the same form (double click, resubmit) waits for the
         # first and lands on the same ticket instead of creating another.
         done = self.sessions.once(session, f"create:{form_id}")
         with done.lock:
+            # Only the request that makes (or finds) the ticket sets its priority:
+            # a duplicate finds done.result and goes straight to the ticket.
+            needs_priority = False
             if done.result is None and done.uncertain_since is not None:
                 try:  # the last try's answer was lost: did Chatwoot create it anyway?
                     done.result = self.client.find_recent_ticket(
@@ -628,6 +640,7 @@ class Portal:
                 except ChatwootError as error:
                     log.warning("create ticket: could not look for the earlier try: %s", error)
                     return form_again(503, problem="error_unavailable")
+                needs_priority = done.result is not None  # that try never reached its priority call
             if done.result is None:
                 started = time.time()
                 try:
@@ -642,7 +655,18 @@ class Portal:
                 done.result = ticket_id
                 session.flash = "ticket_created"
                 log.info("ticket created ticket=%s contact=%s", ticket_id, session.contact_id)
+                needs_priority = True
+            if needs_priority and priority != NO_PRIORITY:
+                self.set_new_ticket_priority(session, done.result, priority)
         return redirect(self.url(f"/tickets/{done.result}"))
+
+    def set_new_ticket_priority(self, session, ticket_id, priority):
+        """The second call of a create (contract §5.1); the ticket exists whatever happens."""
+        try:
+            self.client.set_priority(ticket_id, priority)
+        except ChatwootError as error:
+            log.warning("ticket created without its priority ticket=%s priority=%s: %s", ticket_id, priority, error)
+            session.flash = "ticket_created_priority_failed"
 
     def ticket_page(self, request, ticket_id):
         session = self.require_session(request)

@@ -6,7 +6,7 @@ The table these tests hold the portal to (issue: performance):
     dashboard                              1
     ticket page (thread of <= 20 messages) 2, issued concurrently
     reply                                  2
-    create ticket                          1
+    create ticket                          1, or 2 with a priority (toggle_priority after)
     cancel                                 2
 
 They count calls, never seconds: a change that adds a round trip fails here.
@@ -72,6 +72,26 @@ def test_creating_a_ticket_costs_one_call(portal, fake, jane):
     page = jane.get(portal.url("/tickets/new"))
     calls = calls_during(fake, lambda: jane.submit(page, "/tickets", subject="New", message="Text", follow=False))
     assert calls == [("POST", "/api/v1/accounts/1/conversations")]
+
+
+def test_creating_a_ticket_with_no_priority_chosen_costs_one_call(portal, fake, jane):
+    page = jane.get(portal.url("/tickets/new"))
+    answer = []
+    calls = calls_during(fake, lambda: answer.append(jane.submit(page, "/tickets", subject="New", message="Text",
+                                                                 priority="none", follow=False)))
+    assert answer[0].status == 303
+    assert calls == [("POST", "/api/v1/accounts/1/conversations")]
+
+
+def test_creating_a_ticket_with_a_priority_costs_two_calls(portal, fake, jane):
+    page = jane.get(portal.url("/tickets/new"))
+    answer = []
+    calls = calls_during(fake, lambda: answer.append(jane.submit(page, "/tickets", subject="New", message="Text",
+                                                                 priority="high", follow=False)))
+    assert answer[0].status == 303
+    created = int(answer[0].header("Location").rsplit("/", 1)[1])
+    assert calls == [("POST", "/api/v1/accounts/1/conversations"),
+                     ("POST", f"/api/v1/accounts/1/conversations/{created}/toggle_priority")]
 
 
 def test_cancelling_costs_two_calls(portal, fake, jane, ticket):

@@ -484,7 +484,7 @@ def test_chatwoot_down_when_the_worker_reads_it_is_tried_again(fake, smtp, notif
     fake.wait_for_deliveries(1)
     [mail] = smtp.wait_for(1, timeout=15)
     assert "After Chatwoot recovered." in mail_text(mail)
-    assert notifying.app.state.states() == {"sent": 1} and message
+    assert settled(notifying) == {"sent": 1} and message
 
 
 def test_a_permanent_refusal_is_dropped_not_retried(fake, smtp, notifying, printer, caplog):

@@ -19,6 +19,7 @@ import http.client
 import json
 import logging
 import queue
+import secrets
 import select
 import socket
 import ssl
@@ -42,6 +43,12 @@ MAX_THREAD_PAGES = 20
 CONTACT_CONVERSATIONS_LIMIT = 20
 CONVERSATION_FILTER_PAGE_SIZE = 25
 MAX_FILTER_PAGES = 40  # 1000 tickets: far beyond any one customer's history
+
+# A file download follows at most this many redirects (Chatwoot -> storage).
+MAX_FILE_REDIRECTS = 3
+# A file missing just after its message was made may still be uploading to storage.
+FILE_RETRY_SECONDS = 0.5
+FILE_CHUNK_BYTES = 64 * 1024
 
 # Idle keep-alive connections older than this are closed instead of reused:
 # Chatwoot's server (Puma) and proxies drop idle connections after some seconds,
@@ -112,6 +119,23 @@ class Ticket:
         worst case is Chatwoot's own 422, which the portal shows as a refusal.
         """
         return self.channel in (API_CHANNEL, "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachment:
+    """A file on a public message: only its id and description leave this module's
+    callers' hands; `data_url` and `thumb_url` are Chatwoot's capability URLs, never shown."""
+    id: int
+    filename: str
+    content_type: str
+    file_type: str  # image, audio, video or file
+    size: int
+    data_url: str = dataclasses.field(repr=False)
+    thumb_url: str = dataclasses.field(default="", repr=False)
+
+    @property
+    def is_image(self):
+        return self.file_type == "image"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,15 +320,25 @@ class ChatwootClient:
         messages.sort(key=lambda m: (m.created_at, m.id))
         return messages
 
-    def create_ticket(self, contact_id, inbox_id, subject, content):
-        """The id of a new conversation whose first message is the customer's own (incoming)."""
-        body = {
-            "inbox_id": int(inbox_id),
-            "contact_id": int(contact_id),
-            "additional_attributes": {"mail_subject": subject},
-            "message": {"content": content, "message_type": "incoming"},
-        }
-        data = self._call("POST", "/conversations", body=body)
+    def create_ticket(self, contact_id, inbox_id, subject, content, uploads=()):
+        """The id of a new conversation whose first message is the customer's own (incoming).
+
+        Files go in the same call (`message[attachments][]`, contract part 2 §1.1),
+        as multipart/form-data streamed from their temporary files.
+        """
+        if uploads:
+            fields = [("inbox_id", str(int(inbox_id))), ("contact_id", str(int(contact_id))),
+                      ("additional_attributes[mail_subject]", subject), ("message[content]", content),
+                      ("message[message_type]", "incoming")]
+            data = self._call("POST", "/conversations", form=_Multipart(fields, "message[attachments][]", uploads))
+        else:
+            body = {
+                "inbox_id": int(inbox_id),
+                "contact_id": int(contact_id),
+                "additional_attributes": {"mail_subject": subject},
+                "message": {"content": content, "message_type": "incoming"},
+            }
+            data = self._call("POST", "/conversations", body=body)
         try:
             return int(data["id"])
         except (KeyError, TypeError, ValueError):
@@ -323,9 +357,14 @@ class ChatwootClient:
         self._call("POST", f"/conversations/{int(conversation_id)}/toggle_priority",
                    body={"priority": priority}, idempotent=True)
 
-    def add_customer_message(self, conversation_id, content):
-        body = {"content": content, "message_type": "incoming", "private": False}
-        self._call("POST", f"/conversations/{int(conversation_id)}/messages", body=body)
+    def add_customer_message(self, conversation_id, content, uploads=()):
+        """The customer's reply; files go in the same call (`attachments[]`)."""
+        path = f"/conversations/{int(conversation_id)}/messages"
+        if uploads:
+            fields = [("content", content), ("message_type", "incoming"), ("private", "false")]
+            self._call("POST", path, form=_Multipart(fields, "attachments[]", uploads))
+        else:
+            self._call("POST", path, body={"content": content, "message_type": "incoming", "private": False})
 
     # -- Reply mails ----------------------------------------------------------
 
@@ -378,12 +417,14 @@ class ChatwootClient:
                 return ticket.id
         return None
 
-    def has_recent_customer_message(self, conversation_id, content, since):
-        """True when the customer's message `content` reached the thread since `since`."""
+    def has_recent_customer_message(self, conversation_id, content, since, filenames=()):
+        """True when the customer's message `content` (with files of these names)
+        reached the thread since `since`."""
         data = self._call("GET", f"/conversations/{int(conversation_id)}/messages",
                           query={"filter_internal_messages": "true"})  # the latest 20
         wanted = content.replace("\\\n", "\n").strip("\n")
         return any(m.from_customer and m.content == wanted and m.created_at >= since
+                   and sorted(a.filename for a in m.attachments) == sorted(filenames)
                    for m in _public_messages(_list(data, "payload")))
 
     def resolve(self, conversation_id):
@@ -430,6 +471,71 @@ class ChatwootClient:
                             "administrator's token, or customers miss tickets of inboxes that user is not in"]
         return []
 
+    # -- Files ------------------------------------------------------------------
+
+    def open_file(self, data_url):
+        """A FileStream of one of Chatwoot's files (an attachment's data_url or thumb_url).
+
+        The URL's origin is replaced by CHATWOOT_URL's: Chatwoot builds it from its
+        FRONTEND_URL, which the portal may not reach (the signed path does not
+        depend on the host). No token is sent: file URLs need none, and the
+        redirect leads to storage (another host, for S3), which must never see it.
+        Redirects are followed (MAX_FILE_REDIRECTS); a file missing just after its
+        message was created (the upload still in flight, contract part 2 §1.4) is
+        asked for once more.
+        """
+        parts = urllib.parse.urlsplit(str(data_url or ""))
+        if parts.scheme not in ("http", "https") or not parts.path.startswith("/"):
+            raise ChatwootNotFound(404, "not a file URL")
+        base = self._api[: -len("/api/v1")]
+        path = parts.path if parts.path.startswith(base + "/") else base + parts.path
+        url = urllib.parse.urlunsplit(("https" if self._https else "http", f"{self._host}:{self._port}",
+                                       path, parts.query, ""))
+        for attempt in (1, 2):
+            try:
+                return self._follow(url)
+            except ChatwootNotFound:
+                if attempt == 2:
+                    raise
+                time.sleep(FILE_RETRY_SECONDS)
+
+    def _follow(self, url):
+        started = time.monotonic()
+        status = "error"
+        try:
+            for _ in range(MAX_FILE_REDIRECTS + 1):
+                target = urllib.parse.urlsplit(url)
+                if target.scheme not in ("http", "https") or not target.hostname:
+                    raise ChatwootUnavailable(f"file redirect to a {target.scheme or 'relative'} URL")
+                if target.scheme == "https":
+                    connection = http.client.HTTPSConnection(target.hostname, target.port or 443,
+                                                             timeout=self.timeout, context=ssl.create_default_context())
+                else:
+                    connection = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=self.timeout)
+                try:
+                    connection.request("GET", target.path + (f"?{target.query}" if target.query else ""),
+                                       headers={"Accept": "*/*"})
+                    _ack_promptly(connection.sock)
+                    response = connection.getresponse()
+                except (OSError, http.client.HTTPException) as error:
+                    connection.close()
+                    status = "timeout" if isinstance(error, TimeoutError) else "unreachable"
+                    raise ChatwootUnavailable(f"file: {type(error).__name__}: {error}") from None
+                status = response.status
+                if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
+                    url = urllib.parse.urljoin(url, response.getheader("Location"))
+                    connection.close()
+                    continue
+                if response.status == 200:
+                    return FileStream(connection, response)
+                connection.close()
+                if response.status == 404:
+                    raise ChatwootNotFound(404, "file not found in Chatwoot's storage")
+                raise ChatwootUnavailable(f"file: HTTP {response.status}", response.status)
+            raise ChatwootUnavailable("file: too many redirects")
+        finally:
+            log.info("chatwoot file GET %s %.1fms", status, (time.monotonic() - started) * 1000)
+
     def close(self):
         self._executor.shutdown(wait=False, cancel_futures=True)
         while True:
@@ -440,8 +546,8 @@ class ChatwootClient:
 
     # -- HTTP ---------------------------------------------------------------
 
-    def _call(self, method, path, query=None, body=None, idempotent=None, account=True):
-        """JSON from one API call, or a ChatwootError.
+    def _call(self, method, path, query=None, body=None, idempotent=None, account=True, form=None):
+        """JSON from one API call, or a ChatwootError. `form`: a _Multipart body instead of JSON.
 
         A read that fails on a reused keep-alive connection is retried once on a
         fresh one (the server may have closed it while it sat idle). Writes are
@@ -456,6 +562,8 @@ class ChatwootClient:
         headers = {"Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
+        if form is not None:
+            headers.update({"Content-Type": form.content_type, "Content-Length": str(form.length)})
         started = time.monotonic()
         status = "error"
         try:
@@ -463,7 +571,8 @@ class ChatwootClient:
                 connection, reused = self._connection(fresh=attempt == 2)
                 token_header = self._token_header
                 try:
-                    connection.request(method, url, body=payload, headers={**headers, token_header: self._token})
+                    connection.request(method, url, body=form.chunks() if form is not None else payload,
+                                       headers={**headers, token_header: self._token})
                     _ack_promptly(connection.sock)
                     response = connection.getresponse()
                     raw = response.read()
@@ -637,7 +746,7 @@ def _public_messages(raw_messages):
         content = content if isinstance(content, str) else ""
         # The dashboard editor writes a hard line break as backslash + newline.
         content = content.replace("\\\n", "\n").strip("\n")
-        attachments = tuple(_attachment_name(a) for a in raw.get("attachments") or () if isinstance(a, dict))
+        attachments = tuple(filter(None, map(_attachment, raw.get("attachments") or ())))
         if not content and not attachments:
             continue
         sender = raw.get("sender") if isinstance(raw.get("sender"), dict) else {}
@@ -655,10 +764,78 @@ def _public_messages(raw_messages):
     return messages
 
 
-def _attachment_name(attachment):
-    url = str(attachment.get("data_url") or "")
-    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
-    return name or str(attachment.get("file_type") or "file")
+FILE_TYPES = ("image", "audio", "video", "file")
+
+
+def _attachment(raw):
+    """An uploaded file of a message, or None (locations, contact cards, odd shapes)."""
+    if not isinstance(raw, dict) or raw.get("file_type") not in FILE_TYPES:
+        return None
+    attachment_id, data_url = _int(raw.get("id")), raw.get("data_url")
+    if not attachment_id or not isinstance(data_url, str) or not data_url:
+        return None
+    name = urllib.parse.unquote(urllib.parse.urlsplit(data_url).path.rsplit("/", 1)[-1])
+    name = name.replace("/", "_").replace("\\", "_")[:255]
+    thumb_url = raw.get("thumb_url")
+    return Attachment(id=attachment_id, filename=name or f"file-{attachment_id}",
+                      content_type=str(raw.get("content_type") or ""), file_type=raw["file_type"],
+                      size=_int(raw.get("file_size")), data_url=data_url,
+                      thumb_url=thumb_url if isinstance(thumb_url, str) else "")
+
+
+class _Multipart:
+    """A multipart/form-data body streamed from the uploads' files, its length known
+    up front (no chunked encoding: not every proxy in front of Chatwoot takes it).
+    `chunks()` may be called again: a retry with the other token header resends it."""
+
+    def __init__(self, fields, file_field, uploads):
+        boundary = "portal-" + secrets.token_hex(16)
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        self._pieces = []
+        for name, value in fields:
+            self._pieces.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                                .encode("utf-8") + value.encode("utf-8") + b"\r\n")
+        for upload in uploads:
+            # The name is plain already (attachments.safe_filename); quote marks are
+            # percent-encoded as browsers do.
+            filename = upload.filename.replace('"', "%22")
+            self._pieces.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+                                f'filename="{filename}"\r\nContent-Type: {upload.content_type}\r\n\r\n'
+                                .encode("utf-8"))
+            self._pieces.append(upload)
+            self._pieces.append(b"\r\n")
+        self._pieces.append(f"--{boundary}--\r\n".encode("ascii"))
+        self.length = sum(len(p) if isinstance(p, bytes) else p.size for p in self._pieces)
+
+    def chunks(self):
+        for piece in self._pieces:
+            if isinstance(piece, bytes):
+                yield piece
+            else:
+                yield from piece.chunks()
+
+
+class FileStream:
+    """One of Chatwoot's files as it arrives: iterate for chunks, then close()."""
+
+    def __init__(self, connection, response):
+        self._connection, self._response = connection, response
+        self.content_type = response.getheader("Content-Type") or ""
+        length = response.getheader("Content-Length")
+        self.length = int(length) if length and length.isdigit() else None
+
+    def __iter__(self):
+        try:
+            while chunk := self._response.read(FILE_CHUNK_BYTES):
+                yield chunk
+        except (OSError, http.client.HTTPException) as error:
+            # Headers are sent already: all that is left is to cut the answer short.
+            log.warning("file download broke off: %s", error)
+        finally:
+            self.close()
+
+    def close(self):
+        self._connection.close()
 
 
 def _excerpt(text, limit=80):

@@ -66,6 +66,8 @@ SETTINGS = (
     Setting("SMTP_SECURITY", "starttls", "starttls, ssl or none (none only for a local relay)."),
     Setting("BRAND_ASSETS_DIR", str(DEFAULT_BRAND_ASSETS_DIR), "Folder holding logo.png and logo_thumbnail.png (Chatwoot's public/brand-assets)."),
     Setting("TRUSTED_PROXY", "127.0.0.1", "Address of the reverse proxy whose X-Forwarded-For (the client address for rate limits) is believed."),
+    Setting("ATTACHMENT_MAX_FILES", "5", "Files a customer may attach to one new ticket or reply (1 to 15, Chatwoot's own limit)."),
+    Setting("ATTACHMENT_MAX_MB", "10", "Largest file a customer may attach, in MB (1 to 40, Chatwoot's default upload limit)."),
     Setting("WEBHOOK_SECRET", "", "Secret of Chatwoot's account webhook (its signing secret, Chatwoot 4.12+), or a random string also put in the webhook URL as ?secret= for older Chatwoot. Empty: no reply mails, /webhooks/chatwoot answers 404."),
     Setting("NOTIFY_INBOXES", "", "Comma-separated ids of the inboxes whose agent replies are mailed to the customer; default CHATWOOT_INBOX_ID. E-mail inboxes mail their contacts themselves."),
     Setting("NOTIFY_DELAY_SECONDS", "60", "Agent replies to one ticket within this many seconds go out as one mail; the customer reading the ticket meanwhile cancels it. 0 mails each reply at once."),
@@ -97,12 +99,18 @@ class Config:
     smtp_security: str
     brand_assets_dir: Path
     trusted_proxy: str
+    attachment_max_files: int
+    attachment_max_mb: int
     webhook_secret: str = dataclasses.field(repr=False)
     notify_inboxes: tuple
     notify_delay_seconds: int
     state_dir: Path
     # Things that work but deserve a look; printed at start and by --check.
     warnings: tuple = ()
+
+    @property
+    def attachment_max_bytes(self):
+        return self.attachment_max_mb * 1024 * 1024
 
     @property
     def secure_cookies(self):
@@ -259,6 +267,8 @@ def load_config(environ=None, dotenv_path=".env"):
         smtp_security=security,
         brand_assets_dir=brand_dir,
         trusted_proxy=trusted_proxy,
+        attachment_max_files=integer("ATTACHMENT_MAX_FILES", 1, 15),
+        attachment_max_mb=integer("ATTACHMENT_MAX_MB", 1, 40),
         webhook_secret=webhook_secret,
         notify_inboxes=notify_inboxes,
         notify_delay_seconds=integer("NOTIFY_DELAY_SECONDS", 0, 3600),

@@ -350,6 +350,7 @@ class FakeChatwoot:
         self._messages = {}  # global message id -> record
         self._threads = {}  # display_id -> its message records, in id order
         self._blobs = {}  # attachment key -> attachment record
+        self.blob_requests = []  # every request for a file: {"method", "path", "token"}
         self.webhooks = {}  # webhook id -> {id, url, secret, subscriptions, signed}
         self.webhook_deliveries = []  # one dict per attempt, appended under _deliveries_changed
         self.webhook_timeout = WEBHOOK_TIMEOUT
@@ -888,6 +889,10 @@ class FakeChatwoot:
         if parts.path == "/demo" or parts.path.startswith("/demo/"):
             return self._serve_demo(method, parts, headers, raw_body)  # not an API call
         if not parts.path.startswith("/api/"):
+            with self._lock:  # storage needs no token; a client that sends one leaks it
+                self.blob_requests.append({"method": method, "path": parts.path,
+                                           "token": bool(headers.get("api_access_token")
+                                                         or headers.get("api-access-token"))})
             return self._serve_blob(method, parts.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         with self._lock:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import jinja2
 
+import attachments
 import i18n
 import webhooks
 from chatwoot_client import PRIORITIES, ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
@@ -95,6 +96,9 @@ PRIORITY_CHOICES = (NO_PRIORITY, *PRIORITIES)
 # ---------------------------------------------------------------------------
 
 class Response:
+    """A page (bytes), or a file streamed through: `body` is then an iterable of
+    chunks with a close(), and its length, if known, is in `headers`."""
+
     def __init__(self, status=200, body=b"", content_type="text/html; charset=utf-8", headers=()):
         self.status = status
         self.body = body.encode("utf-8") if isinstance(body, str) else body
@@ -147,6 +151,9 @@ class Request:
         self.cookies = _parse_cookies(environ.get("HTTP_COOKIE", ""))
         self.client_ip = _client_ip(environ, portal.config.trusted_proxy)
         self.form = {}
+        # Files of a multipart form: accepted ones (attachments.Upload) and the
+        # refused ones (attachments.Problem), and how many the customer picked.
+        self.uploads, self.upload_problems, self.files_chosen = [], [], 0
         self.route_label = "-"
         self.session = None
         self.signed_session_id = ""  # from a cookie with a valid signature, live or not
@@ -175,17 +182,41 @@ class Request:
 
     def read_body(self, limit):
         """The raw body, or a 413 when it is announced larger than `limit`."""
+        length = self.read_body_limit_check(limit)
+        return self.environ["wsgi.input"].read(length) if length > 0 else b""
+
+    def read_body_limit_check(self, limit):
         try:
             length = int(self.environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             raise HTTPError(400, "error_heading", "error_method") from None
         if length > limit:
             raise HTTPError(413, "error_too_large_heading", "error_too_large")
-        return self.environ["wsgi.input"].read(length) if length > 0 else b""
+        return length
 
-    def read_form(self):
-        body = self.read_body(MAX_BODY_BYTES)
+    def close(self):
+        """Drop the temporary files of uploads (sent or not)."""
+        for upload in self.uploads:
+            upload.file.close()
+        self.uploads = []
+
+    def read_form(self, max_files=0, max_file_bytes=0):
+        """The form fields; a multipart form's files too, up to the limits given."""
         content_type = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            # Whatever files a customer picked, the text they typed must come back:
+            # the body is read to its end (waitress caps it), files past the limits
+            # are counted and dropped, never kept.
+            self.read_body_limit_check(upload_body_limit(max(max_files, 1), max(max_file_bytes, 1)))
+            try:
+                form = attachments.read_upload_form(self.environ, max_files, max_file_bytes)
+            except attachments.FormError as error:
+                raise HTTPError(error.status, *(("error_too_large_heading", "error_too_large") if error.status == 413
+                                                else ("error_heading", "error_method"))) from None
+            self.form, self.uploads, self.upload_problems, self.files_chosen = (
+                form.fields, form.uploads, form.problems, form.chosen)
+            return
+        body = self.read_body(MAX_BODY_BYTES)
         if content_type == "application/x-www-form-urlencoded":
             try:
                 text = body.decode("utf-8")
@@ -195,6 +226,13 @@ class Request:
                 self.form = {name: [v.replace("\r\n", "\n") for v in values] for name, values in fields.items()}
             except (UnicodeDecodeError, ValueError):
                 raise HTTPError(400, "error_heading", "error_method") from None
+
+
+def upload_body_limit(max_files, max_file_bytes):
+    """The largest multipart body read: room for twice the allowed files (so a
+    customer who picked too many still gets the form back with their text) and
+    the text fields. waitress refuses larger bodies itself (see server_options)."""
+    return 2 * max_files * max_file_bytes + MAX_BODY_BYTES
 
 
 def _parse_cookies(header):
@@ -270,6 +308,10 @@ ROUTES = [
     ("GET", r"/tickets/new", "new_ticket_page"),
     ("POST", r"/tickets", "create_ticket"),
     ("GET", r"/tickets/(?P<ticket_id>[0-9]{1,10})", "ticket_page"),
+    ("GET", r"/tickets/(?P<ticket_id>[0-9]{1,10})/attachments/(?P<attachment_id>[0-9]{1,10})", "attachment"),
+    # The same, with the file's name at the end: what a browser saves it as.
+    ("GET", r"/tickets/(?P<ticket_id>[0-9]{1,10})/attachments/(?P<attachment_id>[0-9]{1,10})/(?P<name>[^/]{1,255})",
+     "attachment"),
     ("POST", r"/tickets/(?P<ticket_id>[0-9]{1,10})/reply", "reply"),
     ("POST", r"/tickets/(?P<ticket_id>[0-9]{1,10})/cancel", "cancel"),
     ("POST", r"/lang", "set_language"),
@@ -282,6 +324,8 @@ ROUTES = [
 # Handlers that authenticate their caller themselves (a signature, not a browser):
 # no session, no form parsing, no CSRF token.
 SELF_AUTHENTICATED = {"chatwoot_webhook"}
+# Handlers whose multipart forms may carry files (attachments.read_upload_form).
+TAKES_FILES = {"create_ticket", "reply"}
 COMPILED_ROUTES = [(method, re.compile(pattern), handler) for method, pattern, handler in ROUTES]
 
 
@@ -315,7 +359,12 @@ class Portal:
             auto_reload=False, undefined=jinja2.StrictUndefined,
             trim_blocks=True, lstrip_blocks=True,
         )
-        self.templates.globals.update(SUBJECT_MAX_CHARS=SUBJECT_MAX_CHARS, MESSAGE_MAX_CHARS=MESSAGE_MAX_CHARS)
+        self.templates.globals.update(SUBJECT_MAX_CHARS=SUBJECT_MAX_CHARS, MESSAGE_MAX_CHARS=MESSAGE_MAX_CHARS,
+                                      ATTACHMENT_MAX_FILES=config.attachment_max_files,
+                                      ATTACHMENT_MAX_MB=config.attachment_max_mb,
+                                      ATTACHMENT_ACCEPT=attachments.ACCEPT_ATTRIBUTE)
+        # Which files each customer may download, learnt from the ticket pages they see.
+        self.known_files = attachments.KnownFiles(clock=clock)
         self.templates.filters["agent_markdown"] = agent_markdown
         # Files are read once: a request never touches the disk.
         self.static = _load_files((HERE / "static").glob("*.*"))
@@ -351,7 +400,11 @@ class Portal:
         except Exception:  # the outermost boundary: log it whole, show a plain page
             log.exception("unhandled error in %s %s", request.method, request.route_label)
             response = self.error_page(request, 500, "error_heading", "error_internal")
-        headers = response.headers + SECURITY_HEADERS
+        finally:
+            request.close()
+        # A response's own header (a file's sandbox CSP) wins over the page default.
+        own = {name for name, _ in response.headers}
+        headers = response.headers + [header for header in SECURITY_HEADERS if header[0] not in own]
         if not any(name == "Referrer-Policy" for name, _ in headers):
             headers.append(("Referrer-Policy", "same-origin"))
         if not any(name == "Cache-Control" for name, _ in headers):
@@ -359,10 +412,16 @@ class Portal:
         if request.new_csrf_seed and response.headers[0][1].startswith("text/html"):
             # The page's forms carry the HMAC of this new seed (see csrf_token).
             headers.append(cookie_header(CSRF_COOKIE, request.csrf_seed, self.cookie_path, self.config.secure_cookies))
-        headers.append(("Content-Length", str(len(response.body))))
+        streamed = not isinstance(response.body, bytes)
+        if not streamed:
+            headers.append(("Content-Length", str(len(response.body))))
         start_response(f"{response.status} {http.HTTPStatus(response.status).phrase}", headers)
         log.info("request %s %s %s %.1fms", request.method, request.route_label, response.status,
                  (time.monotonic() - started) * 1000)
+        if streamed:
+            if request.method != "HEAD":
+                return response.body  # waitress reads it chunk by chunk, then closes it
+            response.body.close()
         return [b"" if request.method == "HEAD" else response.body]
 
     def dispatch(self, request):
@@ -389,7 +448,10 @@ class Portal:
                 return getattr(self, handler_name)(request)
             request.session = self.current_session(request)
             if method == "POST":
-                request.read_form()
+                if handler_name in TAKES_FILES:
+                    request.read_form(self.config.attachment_max_files, self.config.attachment_max_bytes)
+                else:
+                    request.read_form()
                 if not self.csrf_valid(request):
                     log.warning("csrf check failed for POST %s from %s", request.route_label, request.client_ip)
                     raise HTTPError(403, "error_csrf_heading", "error_csrf")
@@ -422,10 +484,10 @@ class Portal:
         request.signed_session_id = session_id or ""
         return self.sessions.get(session_id) if session_id else None
 
-    def require_session(self, request):
+    def require_session(self, request, back_to=None):
         if request.session is None:
             notice = "session_expired" if request.had_session_cookie else "signin_required"
-            next_path = request.unsafe_path[len(self.config.base_path):]
+            next_path = back_to or request.unsafe_path[len(self.config.base_path):]
             raise Redirect(self.url("/?" + urllib.parse.urlencode({"next": next_path, "notice": notice})))
         return request.session
 
@@ -610,7 +672,8 @@ class Portal:
         def form_again(status, errors=None, problem=""):
             return self.render(request, "ticket_new.html", status, subject=untrusted_subject,
                                message=untrusted_message, priority=priority or NO_PRIORITY,
-                               errors=errors or {}, problem=problem, form_id=form_id)
+                               errors=errors or {}, problem=problem, form_id=form_id,
+                               files_again=request.files_chosen > 0)
 
         subject, message = untrusted_subject.strip(), untrusted_message.strip()
         errors = {}
@@ -624,8 +687,10 @@ class Portal:
             errors["message"] = i18n.translate(request.lang, "error_message_too_long", limit=MESSAGE_MAX_CHARS)
         if priority is None:
             errors["priority"] = i18n.translate(request.lang, "error_priority_invalid")
+        if request.upload_problems:
+            errors["files"] = self.upload_problem_sentences(request)
         if errors:
-            return form_again(400, errors)
+            return form_again(upload_status(request.upload_problems), errors)
         # A second copy of the same form (double click, resubmit) waits for the
         # first and lands on the same ticket instead of creating another.
         done = self.sessions.once(session, f"create:{form_id}")
@@ -644,7 +709,8 @@ class Portal:
             if done.result is None:
                 started = time.time()
                 try:
-                    ticket_id = self.client.create_ticket(session.contact_id, self.config.chatwoot_inbox_id, subject, message)
+                    ticket_id = self.client.create_ticket(session.contact_id, self.config.chatwoot_inbox_id, subject,
+                                                          message, request.uploads)
                 except ChatwootUnavailable as error:
                     done.uncertain_since = started
                     log.warning("create ticket failed: %s", error)
@@ -682,11 +748,14 @@ class Portal:
                 return self.reply_form_again(request, ticket_id, reply, failure)
             return self.unavailable(request, failure)
         self.check_owner(ticket, session)
+        self.known_files.remember(session.contact_id, ticket.id, thread)
         # What the customer reads here needs no mail (see notifications).
         self.notifier.ticket_viewed(ticket.id, max((m.id for m in thread), default=0))
         title = ticket.subject or i18n.translate(request.lang, "ticket_number", id=ticket.id)
         return self.render(request, "ticket.html", status, ticket=ticket, title=title, thread=thread,
-                           reply=reply, error=error, form_id=secrets.token_urlsafe(16))
+                           reply=reply, error=error, form_id=secrets.token_urlsafe(16),
+                           files_again=request.files_chosen > 0,
+                           human_size=lambda size: attachments.human_size(size, request.lang))
 
     def reply(self, request, ticket_id):
         ticket_id = int(ticket_id)
@@ -695,8 +764,11 @@ class Portal:
             return self.signin_with_draft(request, f"/tickets/{ticket_id}", untrusted_message)
         session = request.session
         message = untrusted_message.strip()
-        if not message:
-            return self.render_ticket(request, session, ticket_id, 400, error="error_message_required")
+        if request.upload_problems:
+            return self.render_ticket(request, session, ticket_id, upload_status(request.upload_problems),
+                                      untrusted_message, error=" ".join(self.upload_problem_sentences(request)))
+        if not message and not request.uploads:
+            return self.render_ticket(request, session, ticket_id, 400, error="error_reply_empty")
         if len(message) > MESSAGE_MAX_CHARS:
             return self.render_ticket(request, session, ticket_id, 400, untrusted_message,
                                       error=i18n.translate(request.lang, "error_message_too_long", limit=MESSAGE_MAX_CHARS))
@@ -711,9 +783,10 @@ class Portal:
                     if not ticket.accepts_replies:
                         return self.render_ticket(request, session, ticket_id, 409)
                     # The last try's answer was lost: only send if it did not arrive.
+                    filenames = [upload.filename for upload in request.uploads]
                     if done.uncertain_since is None or not self.client.has_recent_customer_message(
-                            ticket_id, message, done.uncertain_since - CLOCK_SLACK_SECONDS):
-                        self.client.add_customer_message(ticket_id, message)
+                            ticket_id, message, done.uncertain_since - CLOCK_SLACK_SECONDS, filenames):
+                        self.client.add_customer_message(ticket_id, message, request.uploads)
                 except ChatwootNotFound:
                     raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
                 except ChatwootError as failure:
@@ -744,6 +817,41 @@ class Portal:
             return self.unavailable(request, failure)
         return redirect(self.url(f"/tickets/{ticket_id}"))
 
+    def upload_problem_sentences(self, request):
+        return [i18n.translate(request.lang, problem.key, name=problem.filename,
+                               count=self.config.attachment_max_files, mb=self.config.attachment_max_mb)
+                for problem in request.upload_problems]
+
+    # -- Files ------------------------------------------------------------------
+
+    def attachment(self, request, ticket_id, attachment_id, name=""):
+        """Stream one file of a ticket's public messages, after the ownership check."""
+        ticket_id, attachment_id = int(ticket_id), int(attachment_id)
+        # Signed out: sign in, then back to the ticket the file is on.
+        session = self.require_session(request, back_to=f"/tickets/{ticket_id}")
+        found = self.known_files.get(session.contact_id, ticket_id, attachment_id)
+        if found is None:  # a link opened without the ticket page: check it all
+            try:
+                ticket, thread = self.client.get_ticket_with_thread(ticket_id)
+            except ChatwootNotFound:
+                raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+            except ChatwootError as failure:
+                return self.unavailable(request, failure)
+            self.check_owner(ticket, session)
+            self.known_files.remember(session.contact_id, ticket_id, thread)
+            found = self.known_files.get(session.contact_id, ticket_id, attachment_id)
+        if found is None:  # not on a public message of this ticket
+            raise HTTPError(404, "error_not_found_heading", "error_not_found")
+        try:
+            content_type, headers, stream = attachments.open_download(
+                self.client, found, thumbnail=request.arg("size") == "thumb")
+        except ChatwootNotFound:
+            log.warning("file %s of ticket %s is missing in Chatwoot's storage", attachment_id, ticket_id)
+            raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+        except ChatwootError as failure:
+            return self.unavailable(request, failure)
+        return Response(200, stream, content_type, headers)
+
     def check_owner(self, ticket, session):
         """Someone else's ticket answers exactly like a missing one: 404."""
         if ticket.contact_id != session.contact_id:
@@ -764,6 +872,7 @@ class Portal:
         status = 503 if isinstance(failure, ChatwootUnavailable) else 502
         return self.render(request, "reply_retry.html", status, ticket_id=ticket_id,
                            reply=untrusted_message, form_id=request.field("form_id")[:64],
+                           files_again=request.files_chosen > 0,
                            problem="error_unavailable" if status == 503 else "error_rejected")
 
     def signin_with_draft(self, request, next_path, untrusted_draft):
@@ -819,6 +928,11 @@ class Portal:
 
 def _json_response(status, data):
     return Response(status, json.dumps(data), "application/json")
+
+
+def upload_status(problems):
+    """413 when a file was too large, else 400 (too many, empty, refused type)."""
+    return 413 if any(problem.status == 413 for problem in problems) else 400
 
 
 def redirect(location):
@@ -877,14 +991,24 @@ def serve(app, config):
 
     log.info("portal listening on http://%s:%s%s/ (public URL %s)", config.host, config.port,
              config.base_path, config.public_url("/"))
-    # The portal spends its time waiting on Chatwoot, not computing: more threads
-    # than cores keep pages flowing while some wait, and the connection limit
-    # bounds memory. waitress refuses absurd bodies itself; anything between our
-    # form limit and that still gets the portal's own localized 413 page.
     app.start()
-    waitress.serve(app, host=config.host, port=config.port, threads=16, connection_limit=200,
-                   channel_timeout=30, max_request_body_size=4 * MAX_BODY_BYTES, ident="portal",
-                   clear_untrusted_proxy_headers=False)
+    waitress.serve(app, host=config.host, port=config.port, **server_options(config))
+
+
+def server_options(config):
+    """waitress' settings, also used by the tests' servers.
+
+    The portal spends its time waiting on Chatwoot, not computing: more threads
+    than cores keep pages flowing while some wait, and the connection limit bounds
+    memory. waitress refuses absurd bodies itself (it keeps a request body in a
+    temporary file past 512 KB); anything between the portal's limits and that
+    still gets the portal's own localized 413 page. A streamed file stops being
+    read from Chatwoot while 1 MB of it waits for a slow client (waitress' default
+    would hold 16 MB of it per download).
+    """
+    return dict(threads=16, connection_limit=200, channel_timeout=30,
+                max_request_body_size=upload_body_limit(config.attachment_max_files, config.attachment_max_bytes),
+                outbuf_high_watermark=1024 * 1024, ident="portal", clear_untrusted_proxy_headers=False)
 
 
 def check(config):

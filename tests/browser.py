@@ -8,13 +8,15 @@ their hidden fields (so CSRF tokens travel the way they do for real users).
 import html.parser
 import http.client
 import http.cookies
+import secrets
 import urllib.parse
 
 
 class Form:
-    def __init__(self, action, method):
-        self.action, self.method = action, method
+    def __init__(self, action, method, enctype="application/x-www-form-urlencoded"):
+        self.action, self.method, self.enctype = action, method, enctype
         self.fields = {}
+        self.file_inputs = []  # names of <input type=file>
         self.buttons = []  # (name, value)
 
     def __repr__(self):
@@ -29,11 +31,14 @@ class _FormParser(html.parser.HTMLParser):
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "form":
-            self._form = Form(attrs.get("action", ""), attrs.get("method", "get").upper())
+            self._form = Form(attrs.get("action", ""), attrs.get("method", "get").upper(),
+                              attrs.get("enctype") or "application/x-www-form-urlencoded")
             self.forms.append(self._form)
         elif self._form is not None and tag == "input" and attrs.get("name"):
             if attrs.get("type") in ("submit", "button"):
                 self._form.buttons.append((attrs["name"], attrs.get("value", "")))
+            elif attrs.get("type") == "file":
+                self._form.file_inputs.append(attrs["name"])
             else:
                 self._form.fields[attrs["name"]] = attrs.get("value", "")
         elif self._form is not None and tag == "button" and attrs.get("name"):
@@ -82,6 +87,21 @@ class Page:
         return text in self.text
 
 
+def encode_multipart(fields, files=()):
+    """(body, content type) of a multipart/form-data request, as browsers build it."""
+    boundary = "----PortalTestBoundary" + secrets.token_hex(8)
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+                     + str(value).encode() + b"\r\n")
+    for name, filename, data, *content_type in files:
+        kind = content_type[0] if content_type else "application/octet-stream"
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: {kind}\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
 class Browser:
     def __init__(self, host, port, headers=None):
         self.host, self.port = host, port
@@ -106,14 +126,29 @@ class Browser:
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         return self.request("POST", url, body, headers, **kwargs)
 
-    def submit(self, page, action_suffix, follow=True, button=None, **changes):
-        """Post one of the page's forms with its own fields, changed as given."""
+    def post_multipart(self, url, fields, files=(), **kwargs):
+        """POST as multipart/form-data; files are (field, filename, bytes[, content type])."""
+        body, content_type = encode_multipart(fields, files)
+        return self.request("POST", url, body, {"Content-Type": content_type}, **kwargs)
+
+    def submit(self, page, action_suffix, follow=True, button=None, files=None, **changes):
+        """Post one of the page's forms with its own fields, changed as given.
+
+        A form with enctype multipart/form-data is sent as a browser sends it: each
+        file input once with nothing chosen, unless `files` names some.
+        """
         form = page.form(action_suffix)
         fields = dict(form.fields)
         if button is not None:
             fields[button[0]] = button[1]
         fields.update(changes)
-        return self.post(urllib.parse.urljoin(page.url, form.action), fields, follow=follow)
+        url = urllib.parse.urljoin(page.url, form.action)
+        if form.enctype == "multipart/form-data":
+            if files is None:
+                files = [(name, "", b"") for name in form.file_inputs]
+            return self.post_multipart(url, fields, files, follow=follow)
+        assert not files, f"the form posting to {form.action} takes no files"
+        return self.post(url, fields, follow=follow)
 
     def _once(self, method, url, body, headers):
         parts = urllib.parse.urlsplit(url)

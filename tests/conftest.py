@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import Browser  # noqa: E402
 from config import load_config  # noqa: E402
 from fake_chatwoot import FakeChatwoot  # noqa: E402
-from portal import Portal  # noqa: E402
+from portal import Portal, server_options  # noqa: E402
 
 BASE = "/portal"
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
@@ -177,8 +177,7 @@ def start_portal(settings, clock):
     app = Portal(config, clock=clock).start()
     # As portal.serve() does: X-Forwarded-For reaches the portal, which alone
     # decides whether to believe it (TRUSTED_PROXY).
-    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=4,
-                                           clear_untrusted_proxy_headers=False)
+    server = waitress.server.create_server(app, host="127.0.0.1", port=0, **{**server_options(config), "threads": 4})
     return RunningPortal(app, server)
 
 

@@ -362,6 +362,49 @@ def test_the_whole_journey_through_nginx_sign_in_create_reply_cancel(front, smtp
     assert ("POST", "toggle_status") in writes
 
 
+def test_files_go_up_and_come_back_through_nginx(front, smtp, fake):
+    browser = front.browser()
+    page = browser.submit(browser.get("/portal"), "/auth/request", email="jane@example.com")
+    page = browser.submit(browser.get(smtp.link_for("jane@example.com")), "/auth/verify")
+    data = b"%PDF-1.7\n" + bytes(range(256)) * (8 * 1024 * 1024 // 256)  # 8 MB: far over the 256 KiB of forms
+    page = browser.submit(browser.get("/portal/tickets/new"), "/tickets", subject="Manual", message="Attached.",
+                          files=[("files", "manual.pdf", data)])
+    assert page.status == 200, page.text
+    ticket_id = int(page.url.rsplit("/", 1)[1])
+    page = browser.submit(page, f"/tickets/{ticket_id}/reply", message="And a photo.",
+                          files=[("files", "photo.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000)])
+    assert page.status == 200, page.text
+    stored = [a for m in fake.messages_of(ticket_id) for a in m["attachments"]]
+    assert [a["filename"] for a in stored] == ["manual.pdf", "photo.png"]
+    link = re.search(r'href="(/portal/tickets/\d+/attachments/\d+/manual\.pdf)"', page.text).group(1)
+    download = browser.get(link)
+    assert download.status == 200 and download.body == data
+    assert download.header("Content-Security-Policy") == "sandbox; default-src 'none'"
+
+
+def test_chatwoots_signed_webhook_reaches_the_portal_through_nginx_and_stays_out_of_the_log(
+        nginx_binary, fake, smtp, clock, tmp_path):
+    port, redirect_port = free_ports(2)
+    secret = "whsec-through-nginx-0123456789"
+    portal = start_portal(portal_settings(fake, smtp, PORTAL_URL=f"http://127.0.0.1:{port}", WEBHOOK_SECRET=secret,
+                                          NOTIFY_DELAY_SECONDS="0"), clock)
+    nginx = Nginx(nginx_binary, tmp_path, main_config(tmp_path, site_config(
+        portal.port, urllib.parse.urlsplit(fake.url).port, port, redirect_port)))
+    try:
+        nginx.start(port)
+        ticket = fake.add_conversation(fake.jane, fake.api_inbox, subject="Through nginx")
+        fake.add_webhook(f"http://127.0.0.1:{port}/portal/webhooks/chatwoot?secret={secret}", signed=False)
+        fake.add_message(ticket, "Answer via nginx " + "long " * 60_000, "outgoing")  # over 256 KiB
+        [delivery] = fake.wait_for_deliveries(1)
+        assert delivery["status"] == 200, delivery
+        [mail] = smtp.wait_for(1)
+        assert "Through nginx" in mail["Subject"]
+        assert secret not in (tmp_path / "access.log").read_text()
+    finally:
+        nginx.stop()
+        portal.close()
+
+
 def test_sign_in_tokens_stay_out_of_the_nginx_access_log(front, smtp, tmp_path):
     browser = front.browser()
     browser.submit(browser.get("/portal/"), "/auth/request", email="jane@example.com")

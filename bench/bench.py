@@ -221,6 +221,60 @@ class Bench:
         elapsed = run_together([worker] * concurrency)
         return times, len(times) / elapsed
 
+    def transfer_memory(self, browser, clients=4, megabytes=10):
+        """Peak RSS of the portal while `clients` upload, then download, a file each at once.
+
+        Returns {"upload": (rss before, peak), "download": (rss before, peak)} in KiB
+        and the seconds each phase took.
+        """
+        data = b"%PDF-1.7\n" + bytes(range(256)) * (megabytes * 1024 * 1024 // 256 - 1)
+        ticket = self.fake.add_conversation(self.contact, self.inbox, "Big files", "open")
+        # One page (one form id) per client: each upload is its own reply.
+        pages = [browser.get(f"/portal/tickets/{ticket}") for _ in range(clients)]
+        figures = {}
+
+        def sampled(phase, work):
+            peak, stop = [rss_kib(self.process.pid)], threading.Event()
+            before = peak[0]
+
+            def sample():
+                while not stop.is_set():
+                    peak.append(rss_kib(self.process.pid))
+                    time.sleep(0.005)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            seconds = run_together([lambda n=n: work(n) for n in range(clients)])
+            stop.set()
+            sampler.join()
+            figures[phase] = (before, max(peak), seconds)
+
+        def upload(number):
+            mine = self.browser()
+            mine.cookies = dict(browser.cookies)
+            answer = mine.submit(pages[number], f"/tickets/{ticket}/reply", message=f"upload {number}",
+                                 files=[("files", f"big{number}.pdf", data)], follow=False)
+            assert answer.status == 303, answer.status
+
+        def download(number):
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+            connection.request("GET", f"/portal/tickets/{ticket}/attachments/{files[number]}", headers={"Cookie": cookie})
+            response = connection.getresponse()
+            received = 0
+            while chunk := response.read(256 * 1024):
+                received += len(chunk)
+                time.sleep(0.002)  # a client slower than the loopback
+            assert response.status == 200 and received == len(data), (response.status, received)
+            connection.close()
+
+        sampled("upload", upload)
+        files = [a["id"] for m in self.fake.messages_of(ticket) for a in m["attachments"]]
+        assert len(files) == clients, files
+        browser.get(f"/portal/tickets/{ticket}")  # as a customer does before clicking
+        sampled("download", download)
+        return figures
+
     def webhook_burst(self, replies, concurrency):
         """`replies` agent replies on as many tickets, each delivered twice, shuffled.
 
@@ -340,6 +394,7 @@ def main():
         flood_before, flood_after, statuses, flood_seconds = bench.flood(args.flood, args.concurrency)
         _, flood_again, _, _ = bench.flood(args.flood, args.concurrency, offset=args.flood)
         peak = rss_kib(bench.process.pid, "VmHWM")
+        transfers = bench.transfer_memory(browser)
         burst = bench.webhook_burst(args.webhooks, args.concurrency)
     finally:
         bench.close()
@@ -366,6 +421,10 @@ def main():
     print(f"| peak RSS overall | {peak / 1024:.1f} |")
     answered = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
     print(f"\nFlood answered: {answered} in {flood_seconds:.1f} s")
+    print("\nFiles: 4 clients at once, 10 MB each (RSS of the portal process, MiB)")
+    print("| transfer | RSS before | peak RSS during | growth | seconds |\n| --- | --- | --- | --- | --- |")
+    for phase, (before, peak_during, seconds) in transfers.items():
+        print(f"| {phase} | {before / 1024:.1f} | {peak_during / 1024:.1f} | {(peak_during - before) / 1024:.1f} | {seconds:.1f} |")
     times, statuses, elapsed, mailed, twice, last_mail = burst
     answered = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
     print(f"\nWebhook burst: {len(times)} signed deliveries ({args.webhooks} agent replies, each twice, shuffled) "

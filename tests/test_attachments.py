@@ -267,3 +267,33 @@ def test_ten_megabytes_go_up_and_come_back_whole(fake, portal, jane):
     download = jane.get(link)
     assert download.status == 200 and len(download.body) == len(data) and download.body == data
     assert download.header("Content-Length") == str(len(data))
+
+
+def test_a_reply_whose_answer_was_lost_is_not_sent_twice_with_its_files(fake, portal, jane, ticket):
+    page = jane.get(portal.url(f"/tickets/{ticket}"))
+    fake.set_fault("slow", seconds=1.5, count=1)  # the write: saved, but after our 1 s timeout
+    original = fake._answer
+
+    def slow_write_only(method, target, headers, raw_body):
+        if method == "GET":  # let reads through unslowed
+            with fake._lock:
+                fault, fake._fault = fake._fault, None
+            try:
+                return original(method, target, headers, raw_body)
+            finally:
+                with fake._lock:
+                    fake._fault = fault
+        return original(method, target, headers, raw_body)
+
+    fake._answer = slow_write_only
+    try:
+        page = jane.submit(page, f"/tickets/{ticket}/reply", message="With the bill.",
+                           files=[("files", "bill.pdf", PDF)])
+        assert page.status == 503
+        assert "With the bill." in page.text and "Please choose the files again" in page.text
+    finally:
+        fake._answer = original
+    page = jane.submit(page, f"/tickets/{ticket}/reply", files=[("files", "bill.pdf", PDF)])
+    assert page.status == 200
+    replies = [m for m in fake.messages_of(ticket) if m["content"] == "With the bill."]
+    assert len(replies) == 1 and [a["filename"] for a in replies[0]["attachments"]] == ["bill.pdf"]

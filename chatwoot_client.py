@@ -1,4 +1,5 @@
-"""The only module that talks to Chatwoot: its Application API, per ../shared contract.
+"""The only module that talks to Chatwoot: its Application API, per ../shared contract,
+and one call of its public API (the CSAT answer, sent without the token).
 
 Calls go over a small pool of keep-alive `http.client` connections with a timeout,
 so a slow Chatwoot costs a page a few seconds at most, never a hung thread. Every
@@ -9,16 +10,19 @@ failure becomes one of three errors, and no `urllib`/`http.client` error escapes
     +-- ChatwootRejected      a 4xx answer (bad token, validation); `.status`
         +-- ChatwootNotFound  404: no such contact or conversation
 
-Chatwoot's JSON is turned into small `Ticket` and `Message` records here, and only
-public content crosses that line: private notes and activity messages are dropped.
+Chatwoot's JSON is turned into small `Ticket`, `Message` and `Survey` records here,
+and only public content crosses that line: private notes and activity messages are
+dropped, and of a CSAT survey only its date, rating and comment are kept.
 """
 
 import concurrent.futures
 import dataclasses
+import datetime
 import http.client
 import json
 import logging
 import queue
+import re
 import secrets
 import select
 import socket
@@ -38,11 +42,11 @@ MAX_MESSAGE_ID = 2147483647
 # A thread longer than this (20,000 messages) is not a support ticket any more;
 # the cap keeps one page view from reading without end.
 MAX_THREAD_PAGES = 20
-# `contacts/{id}/conversations` stops at 20 (25 in later releases); at that size
-# the list may be cut, so the complete list is read from `conversations/filter`.
-CONTACT_CONVERSATIONS_LIMIT = 20
-CONVERSATION_FILTER_PAGE_SIZE = 25
-MAX_FILTER_PAGES = 40  # 1000 tickets: far beyond any one customer's history
+# `conversations/filter` answers 25 a page (Kaminari's default, part 2 §4.2); the
+# dashboard shows Chatwoot's pages as they are.
+PAGE_SIZE = 25
+# The dashboard's status filter: "open" is everything still being worked on.
+STATUS_GROUPS = {"open": ("open", "pending", "snoozed"), "resolved": ("resolved",), "all": ("all",)}
 
 # A file download follows at most this many redirects (Chatwoot -> storage).
 MAX_FILE_REDIRECTS = 3
@@ -65,6 +69,10 @@ API_CHANNEL = "Channel::Api"
 INCOMING, OUTGOING, ACTIVITY, TEMPLATE = 0, 1, 2, 3
 MESSAGE_TYPE_BY_NAME = {"incoming": INCOMING, "outgoing": OUTGOING, "activity": ACTIVITY, "template": TEMPLATE}
 STATUS_BY_NUMBER = {0: "open", 1: "resolved", 2: "pending", 3: "snoozed"}
+# Chatwoot's CSAT survey (part 2 §6.2): the rating it accepts, and the days after
+# the survey's date (UTC) during which it takes or changes one; a 422 after that.
+CSAT_RATINGS = (1, 2, 3, 4, 5)
+CSAT_OPEN_DAYS = 14
 
 
 class ChatwootError(Exception):
@@ -92,6 +100,10 @@ class ChatwootNotFound(ChatwootRejected):
     """The contact or conversation does not exist."""
 
 
+class _FilterIgnoresContact(Exception):
+    """conversations/filter answered with other contacts' conversations."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Contact:
     id: int
@@ -110,6 +122,18 @@ class Ticket:
     channel: str
     inbox_id: int = 0
     priority: str = ""  # one of PRIORITIES, or "" for none
+    # An agent answered after the customer's last message and the ticket is not
+    # closed: it waits on the customer (Chatwoot's waiting_since is cleared by the
+    # first human reply, and set again by the customer's next message).
+    waiting_on_customer: bool = False
+    # The newest public agent reply the list shows (0: none seen in this answer).
+    last_agent_reply_id: int = 0
+    # The conversation's uuid: the public API's only credential (part 2 §6.2), so
+    # never shown, linked or logged; "" when Chatwoot sent none.
+    uuid: str = dataclasses.field(default="", repr=False)
+    # Chatwoot's CSAT survey in the thread (a Survey), set by get_ticket_with_thread;
+    # None without one, and on tickets read without their thread.
+    survey: "Survey | None" = None
 
     @property
     def accepts_replies(self):
@@ -119,6 +143,14 @@ class Ticket:
         worst case is Chatwoot's own 422, which the portal shows as a refusal.
         """
         return self.channel in (API_CHANNEL, "")
+
+
+@dataclasses.dataclass(frozen=True)
+class TicketPage:
+    tickets: list
+    counts: dict  # STATUS_GROUPS name -> tickets in it (with the same search)
+    page: int
+    pages: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +182,24 @@ class Message:
 
 
 @dataclasses.dataclass(frozen=True)
+class Survey:
+    """Chatwoot's CSAT survey in a conversation (part 2 §6): its public `input_csat`
+    message, and the answer recorded in it (`submitted_values`). Only the rating
+    and the comment are read: nothing of Chatwoot's CSAT record ever gets here."""
+    message_id: int
+    sent_at: int  # the survey message's created_at
+    rating: int = 0  # 1-5; 0 before the customer answered
+    feedback: str = ""
+
+    def open_on(self, now):
+        """Chatwoot still takes an answer at unix time `now`: it refuses once
+        `(today - sent date) > 14`, comparing UTC dates (CSAT_OPEN_DAYS)."""
+        sent = datetime.datetime.fromtimestamp(self.sent_at, datetime.timezone.utc).date()
+        today = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
+        return (today - sent).days <= CSAT_OPEN_DAYS
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipient:
     """A conversation's contact as Chatwoot records it: who a reply mail goes to."""
     contact_id: int
@@ -166,6 +216,7 @@ class ChatwootClient:
         self._port = parts.port or (443 if self._https else 80)
         self._api = parts.path.rstrip("/") + "/api/v1"
         self._prefix = self._api + f"/accounts/{account_id}"
+        self._public = parts.path.rstrip("/") + "/public/api/v1"  # no token (contract §12)
         self._account_id = int(account_id)
         self._token = token
         self.timeout = timeout
@@ -206,52 +257,82 @@ class ChatwootClient:
 
     # -- Tickets ------------------------------------------------------------
 
-    def list_tickets(self, contact_id):
-        """Every conversation of the contact, from every inbox, newest activity first."""
-        data = self._call("GET", f"/contacts/{int(contact_id)}/conversations")
-        items = _list(data, "payload")
-        if len(items) >= CONTACT_CONVERSATIONS_LIMIT and not self._filter_unsupported:
-            items = items + self._all_conversations(contact_id)
-        tickets = {}
-        for item in items:
-            ticket = _ticket(item)
-            # Trust nothing but the conversation's own contact: a list that ever
-            # carried someone else's ticket must not show it.
-            if ticket is not None and ticket.contact_id == contact_id:
-                tickets[ticket.id] = ticket
-        ordered = sorted(tickets.values(), key=lambda t: (t.last_activity_at, t.id), reverse=True)
-        return self._with_subjects(ordered)
+    def ticket_page(self, contact_id, status="open", query="", page=1):
+        """One dashboard page (a TicketPage): the contact's tickets in a STATUS_GROUPS
+        group whose subject contains `query`, PAGE_SIZE a page, newest activity first.
 
-    def _all_conversations(self, contact_id):
-        """The complete list from `conversations/filter` (Chatwoot 4.14.2+), or [].
-
-        Older Chatwoot refuses the `contact_id` key (422), and before that may fail
-        (500) or ignore it; then the contact's latest conversations must do, and
-        the filter is not asked again. Anything else (slow, down) only costs the
-        completeness of this one page.
+        Chatwoot does the filtering, paging and counting (`conversations/filter` on
+        `contact_id`, 4.14.2+, contract part 2 §4.2). Two calls run at once: the page
+        itself, and the count of the other status group, which together give the
+        count of every group. Chatwoot's `q` search is never used: it matches
+        private notes. Older Chatwoot refuses or ignores `contact_id`: then the
+        contact's latest conversations are filtered here, and the log says why.
         """
-        items = []
-        body = {"payload": [{"attribute_key": "contact_id", "filter_operator": "equal_to",
-                             "values": [int(contact_id)], "query_operator": None}]}
-        for page in range(1, MAX_FILTER_PAGES + 1):
+        if not self._filter_unsupported:
             try:
-                data = self._call("POST", "/conversations/filter", query={"page": page},
-                                  body=body, idempotent=True)
-                batch = _list(data, "payload")
+                return self._filtered_page(int(contact_id), status, query, page)
             except ChatwootError as error:
-                if isinstance(error, ChatwootRejected) or error.status == 500:
-                    self._filter_unsupported = True
-                log.warning("conversations/filter failed (%s); showing the contact's latest conversations", error)
-                return items
-            owners = {ticket.contact_id for ticket in map(_ticket, batch) if ticket}
-            if owners - {contact_id}:
-                log.warning("conversations/filter ignored contact_id; showing the contact's latest conversations")
+                if not isinstance(error, ChatwootRejected) and error.status != 500:
+                    raise  # down or slow: the page says so, the filter is not to blame
                 self._filter_unsupported = True
-                return []
-            items.extend(batch)
-            if len(batch) < CONVERSATION_FILTER_PAGE_SIZE:
-                break
-        return items
+                log.warning("conversations/filter on contact_id failed (%s): Chatwoot is older than 4.14.2? "
+                            "Showing each contact's latest conversations only, filtered by the portal", error)
+            except _FilterIgnoresContact:
+                self._filter_unsupported = True
+                log.warning("conversations/filter ignored contact_id (Chatwoot older than 4.14.2?): showing each "
+                            "contact's latest conversations only, filtered by the portal")
+        return self._latest_page(int(contact_id), status, query, page)
+
+    def _filtered_page(self, contact_id, status, query, page):
+        other = "open" if status != "open" else "resolved"
+        counted = self._executor.submit(self._filter, contact_id, other, query, 1)
+        try:
+            tickets, total = self._filter(contact_id, status, query, page)
+        except BaseException:
+            counted.cancel()
+            raise
+        _, other_total = counted.result()
+        if status == "open":
+            counts = {"open": total, "resolved": other_total, "all": total + other_total}
+        elif status == "resolved":
+            counts = {"open": other_total, "resolved": total, "all": total + other_total}
+        else:
+            counts = {"open": other_total, "resolved": max(total - other_total, 0), "all": total}
+        return TicketPage(self._with_subjects(tickets), counts, page, max(1, -(-total // PAGE_SIZE)))
+
+    def _filter(self, contact_id, status, query, page):
+        """([Ticket], all_count) of one `conversations/filter` page."""
+        conditions = [("contact_id", "equal_to", [contact_id]),
+                      ("status", "equal_to", list(STATUS_GROUPS[status]))]
+        if query:
+            conditions.append(("mail_subject", "contains", [_ilike_literal(query)]))
+        body = {"payload": [{"attribute_key": key, "filter_operator": operator, "values": values,
+                             "query_operator": "AND" if n < len(conditions) - 1 else None}
+                            for n, (key, operator, values) in enumerate(conditions)]}
+        data = self._call("POST", "/conversations/filter", query={"page": page}, body=body, idempotent=True)
+        items = _list(data, "payload")
+        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        tickets = [ticket for ticket in map(_ticket, items) if ticket is not None]
+        # Trust nothing but each conversation's own contact: a filter that dropped
+        # the unknown key would list everyone's tickets.
+        if any(ticket.contact_id != contact_id for ticket in tickets):
+            raise _FilterIgnoresContact()
+        total = meta.get("all_count")
+        return tickets, total if isinstance(total, int) and total >= 0 else len(tickets)
+
+    def _latest_page(self, contact_id, status, query, page):
+        """The fallback: the contact's latest conversations (20 at most), filtered here."""
+        data = self._call("GET", f"/contacts/{int(contact_id)}/conversations")
+        tickets = [t for t in map(_ticket, _list(data, "payload")) if t is not None and t.contact_id == contact_id]
+        tickets = self._with_subjects(sorted(tickets, key=lambda t: (t.last_activity_at, t.id), reverse=True))
+        wanted = query.casefold()
+        tickets = [t for t in tickets if wanted in t.subject.casefold()]
+        groups = {name: [t for t in tickets if name == "all" or t.status in STATUS_GROUPS[name]]
+                  for name in STATUS_GROUPS}
+        chosen = groups[status]
+        pages = max(1, -(-len(chosen) // PAGE_SIZE))
+        shown = chosen[(page - 1) * PAGE_SIZE:][:PAGE_SIZE]
+        return TicketPage(shown, {name: len(group) for name, group in groups.items()}, page, pages)
 
     def _with_subjects(self, tickets):
         """Give subject-less tickets an excerpt of their first public message.
@@ -289,13 +370,14 @@ class ChatwootClient:
         The thread is fetched before ownership is known but only returned, by the
         caller's check, after `Ticket.contact_id` proves it is the customer's.
         """
-        thread = self._executor.submit(self.thread, conversation_id)
+        thread = self._executor.submit(self._thread_and_survey, conversation_id)
         try:
             ticket = self.get_ticket(conversation_id)
         except BaseException:
             thread.cancel()
             raise
-        messages = thread.result()
+        messages, survey = thread.result()
+        ticket = dataclasses.replace(ticket, survey=survey)
         if not ticket.subject:  # as on the dashboard: an excerpt of the first message
             first = next((m.content for m in messages if m.content.strip()), "")
             ticket = dataclasses.replace(ticket, subject=_excerpt(first))
@@ -303,13 +385,18 @@ class ChatwootClient:
 
     def thread(self, conversation_id):
         """Every public message, oldest first, reading as many pages as it takes."""
-        messages, after = [], 0
+        return self._thread_and_survey(conversation_id)[0]
+
+    def _thread_and_survey(self, conversation_id):
+        """([Message], Survey or None): the survey is not a message of the thread."""
+        messages, surveys, after = [], [], 0
         for _ in range(MAX_THREAD_PAGES):
             data = self._call("GET", f"/conversations/{int(conversation_id)}/messages",
                               query={"after": after, "before": MAX_MESSAGE_ID,
                                      "filter_internal_messages": "true"})
             page = _list(data, "payload")
             messages.extend(_public_messages(page))
+            surveys.extend(filter(None, map(_survey, page)))
             ids = [m.get("id") for m in page if isinstance(m, dict) and isinstance(m.get("id"), int)]
             if len(page) < MESSAGE_PAGE_SIZE or not ids:
                 break
@@ -318,7 +405,8 @@ class ChatwootClient:
             log.warning("conversation %s has more than %d messages; showing the first ones",
                         conversation_id, MAX_THREAD_PAGES * MESSAGE_PAGE_SIZE)
         messages.sort(key=lambda m: (m.created_at, m.id))
-        return messages
+        # Chatwoot sends one survey per conversation, and answers for the first it finds.
+        return messages, min(surveys, key=lambda s: s.message_id, default=None)
 
     def create_ticket(self, contact_id, inbox_id, subject, content, uploads=()):
         """The id of a new conversation whose first message is the customer's own (incoming).
@@ -431,6 +519,28 @@ class ChatwootClient:
         """Resolve through toggle_status: a PATCH of `status` is silently ignored (§8)."""
         self._call("POST", f"/conversations/{int(conversation_id)}/toggle_status",
                    body={"status": "resolved"})
+
+    # -- CSAT -----------------------------------------------------------------
+
+    def rate(self, conversation_uuid, rating, feedback):
+        """Record the customer's answer to the conversation's CSAT survey.
+
+        The same call Chatwoot's own survey page makes (part 2 §6.2): the public
+        `PUT csat_survey/{uuid}`, with no token (the uuid is its credential). The
+        caller has checked ownership. Chatwoot answers 200 to any rating, so only
+        CSAT_RATINGS are sent. ChatwootNotFound: the conversation has no survey;
+        ChatwootRejected 422: the survey is locked (CSAT_OPEN_DAYS). The answer is
+        dropped unread: it is Chatwoot's raw CSAT record, agents' internal review
+        notes and database ids included; the rating shows from the thread (Survey).
+        """
+        if rating not in CSAT_RATINGS:
+            raise ValueError(f"not a CSAT rating: {rating!r}")
+        if not re.fullmatch(r"[0-9A-Fa-f-]{8,64}", conversation_uuid or ""):
+            raise ChatwootUnavailable("unexpected answer: the conversation has no uuid")
+        body = {"message": {"submitted_values": {"csat_survey_response": {
+            "rating": rating, "feedback_message": feedback}}}}
+        # The same values again change nothing: a dropped keep-alive connection may be retried.
+        self._call("PUT", f"/csat_survey/{conversation_uuid}", body=body, idempotent=True, public=True)
 
     # -- Health -------------------------------------------------------------
 
@@ -546,8 +656,10 @@ class ChatwootClient:
 
     # -- HTTP ---------------------------------------------------------------
 
-    def _call(self, method, path, query=None, body=None, idempotent=None, account=True, form=None):
+    def _call(self, method, path, query=None, body=None, idempotent=None, account=True, form=None,
+              public=False):
         """JSON from one API call, or a ChatwootError. `form`: a _Multipart body instead of JSON.
+        `public`: a call of the public API (`/public/api/v1`), which is sent no token.
 
         A read that fails on a reused keep-alive connection is retried once on a
         fresh one (the server may have closed it while it sat idle). Writes are
@@ -555,7 +667,7 @@ class ChatwootClient:
         message.
         """
         idempotent = method == "GET" if idempotent is None else idempotent
-        url = (self._prefix if account else self._api) + path
+        url = (self._public if public else self._prefix if account else self._api) + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
         payload = json.dumps(body).encode("utf-8") if body is not None else None
@@ -570,9 +682,12 @@ class ChatwootClient:
             for attempt in (1, 2):
                 connection, reused = self._connection(fresh=attempt == 2)
                 token_header = self._token_header
+                # The public API needs no token and must never see it: the admin
+                # token has no business in its logs or in a proxy's in front of it.
+                sent = headers if public else {**headers, token_header: self._token}
                 try:
                     connection.request(method, url, body=form.chunks() if form is not None else payload,
-                                       headers={**headers, token_header: self._token})
+                                       headers=sent)
                     _ack_promptly(connection.sock)
                     response = connection.getresponse()
                     raw = response.read()
@@ -587,11 +702,12 @@ class ChatwootClient:
                     connection.close()
                 else:
                     self._release(connection)
-                if attempt == 1 and _token_not_seen(response.status, raw) and self._switch_token_header(token_header):
+                if (not public and attempt == 1 and _token_not_seen(response.status, raw)
+                        and self._switch_token_header(token_header)):
                     continue  # nothing happened on Chatwoot's side: safe even for a write
-                return _decode(response.status, raw)
+                return _decode(response.status, raw, public)
         finally:
-            log.info("chatwoot %s %s %s %.1fms", method, _route_of(path), status,
+            log.info("chatwoot %s %s %s %.1fms", method, _route_of(("/public" if public else "") + path), status,
                      (time.monotonic() - started) * 1000)
 
     def _switch_token_header(self, tried):
@@ -638,7 +754,7 @@ class ChatwootClient:
 # Chatwoot JSON -> portal records
 # ---------------------------------------------------------------------------
 
-def _decode(status, raw):
+def _decode(status, raw, public=False):
     try:
         data = json.loads(raw) if raw.strip() else {}
     except ValueError:
@@ -657,6 +773,10 @@ def _decode(status, raw):
         # page from a proxy (HTML) or Rails' routing ({"status":404,...}) means the
         # URL is wrong or Chatwoot is half-deployed, not that the ticket is gone.
         if isinstance(data, dict) and "error" in data and "status" not in data:
+            raise ChatwootNotFound(status, message)
+        # The public controllers leave a missing record to Rails, whose JSON 404 is
+        # that routing shape (contract §12): there it means "no such record".
+        if public and isinstance(data, dict) and "error" in data:
             raise ChatwootNotFound(status, message)
         raise ChatwootUnavailable(f"HTTP 404 from something that is not the Chatwoot API: {message}")
     raise ChatwootRejected(status, message)
@@ -727,7 +847,23 @@ def _ticket(item):
         channel=str((item.get("meta") or {}).get("channel") or ""),
         inbox_id=_int(item.get("inbox_id")),
         priority=priority if priority in PRIORITIES else "",  # null or anything unknown: none
+        waiting_on_customer=status in ("open", "pending") and not item.get("waiting_since")
+        and bool(item.get("first_reply_created_at")),
+        last_agent_reply_id=max((_int(m.get("id")) for m in (item.get("last_non_activity_message"),
+                                                             *(item.get("messages") or ()))
+                                 if _is_agent_reply(m)), default=0),
+        uuid=item["uuid"] if isinstance(item.get("uuid"), str) else "",
     )
+
+
+def _is_agent_reply(raw):
+    """A public message a person on the support team wrote (REST or push shape)."""
+    if not isinstance(raw, dict) or raw.get("private") is not False:
+        return False
+    if MESSAGE_TYPE_BY_NAME.get(raw.get("message_type"), raw.get("message_type")) != OUTGOING:
+        return False
+    sender = raw.get("sender") if isinstance(raw.get("sender"), dict) else {}
+    return sender.get("type") == "user" or raw.get("sender_type") == "User"
 
 
 def _public_messages(raw_messages):
@@ -741,7 +877,7 @@ def _public_messages(raw_messages):
         # An int in REST answers, a string in webhooks (contract §1.5): accept both.
         message_type = MESSAGE_TYPE_BY_NAME.get(message_type, message_type)
         if message_type not in (INCOMING, OUTGOING, TEMPLATE) or raw.get("content_type") == "input_csat":
-            continue  # activity lines are internal; a CSAT survey cannot be answered here
+            continue  # activity lines are internal; a CSAT survey shows as a Survey (_survey)
         content = raw.get("content")
         content = content if isinstance(content, str) else ""
         # The dashboard editor writes a hard line break as backslash + newline.
@@ -762,6 +898,33 @@ def _public_messages(raw_messages):
             by_agent=by_agent,
         ))
     return messages
+
+
+def _survey(raw):
+    """The Survey of a public `input_csat` message (part 2 §6.1), or None.
+
+    The answer is the one Chatwoot stored in the message
+    (`content_attributes.submitted_values.csat_survey_response`), never its CSAT
+    record; one whose rating is outside CSAT_RATINGS (Chatwoot keeps anything, and
+    then builds no record) counts as no answer at all.
+    """
+    if not isinstance(raw, dict) or raw.get("private") not in (False, None) \
+            or raw.get("content_type") != "input_csat":
+        return None
+    if MESSAGE_TYPE_BY_NAME.get(raw.get("message_type"), raw.get("message_type")) == ACTIVITY:
+        return None
+    answer = raw.get("content_attributes")
+    for key in ("submitted_values", "csat_survey_response"):
+        answer = answer.get(key) if isinstance(answer, dict) else None
+    answer = answer if isinstance(answer, dict) else {}
+    rating = answer.get("rating")
+    # A JSON number, or digits if something wrote it as a form would.
+    rating = _int(rating) if isinstance(rating, (int, str)) and not isinstance(rating, bool) else 0
+    feedback = answer.get("feedback_message")
+    if rating not in CSAT_RATINGS:
+        rating, feedback = 0, ""
+    return Survey(message_id=_int(raw.get("id")), sent_at=_int(raw.get("created_at")), rating=rating,
+                  feedback=feedback.strip() if isinstance(feedback, str) else "")
 
 
 FILE_TYPES = ("image", "audio", "video", "file")
@@ -838,6 +1001,11 @@ class FileStream:
         self._connection.close()
 
 
+def _ilike_literal(text):
+    """`text` for Chatwoot's `contains` (ILIKE '%…%'): its wildcards and escape taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _excerpt(text, limit=80):
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
@@ -882,8 +1050,12 @@ def _ack_promptly(sock):
 
 
 def _route_of(path):
-    """`/conversations/42/messages` -> `/conversations/:id/messages`, for log lines."""
-    return "/".join(":id" if part.isdigit() else part for part in path.split("/"))
+    """`/conversations/42/messages` -> `/conversations/:id/messages`, for log lines.
+
+    Any part that is not a plain word becomes `:id` too: a conversation's uuid
+    (public CSAT calls) is a credential and stays out of the log.
+    """
+    return "/".join(part if re.fullmatch(r"[a-z_]*", part) else ":id" for part in path.split("/"))
 
 
 class _BoundedCache:

@@ -10,6 +10,13 @@ search, ``PATCH`` ignoring status, ``POST conversations`` ignoring priority, inc
 messages refused outside API inboxes, reopen on customer reply) follow that
 document, not convenience.
 
+Of the public API (§12) it answers the CSAT survey endpoints (part 2 §6.2),
+``GET`` and ``PUT|PATCH /public/api/v1/csat_survey/{uuid}``: no token, the 14-day
+lock, and the raw CSAT record in the answer, agents' review notes included
+(``review_csat()`` writes one, ``csat_record()`` reads the record). Every answer
+stored is in ``csat_responses``; every public request, and whether it carried a
+token, in ``public_requests``.
+
 Two users exist from the start: the token's own user "Customer Portal" (an
 administrator, so it sees everything and names the activity lines the API causes,
 gotcha 11) and the agent "Sam Agent", the default author of seeded agent replies.
@@ -34,7 +41,8 @@ its marking of failed messages, the webhooks REST API, the SSRF filter of v4.14+
 (receivers on 127.0.0.1 are fine), rate limiting (§11; use
 ``set_fault("status", 429)``), agent-role visibility and bots (§1.2), teams, labels,
 ``sort`` on search, lock-to-single-conversation, greeting/CSAT template messages
-(a seeded ``input_csat`` template does get Chatwoot's survey link in webhooks).
+(seed a survey with ``add_message(..., "template", content_type="input_csat")``;
+it does get Chatwoot's survey link in webhooks), the rest of the public API.
 """
 
 from __future__ import annotations
@@ -52,9 +60,11 @@ import queue
 import re
 import secrets
 import socket
+import struct
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -119,6 +129,11 @@ BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 SECURE_TOKEN_LENGTH = 24
 # conversations.survey.response in en.yml: webhooks of non-widget inboxes get the link (part 2 §6.1)
 CSAT_SURVEY_RESPONSE = "Please rate this conversation, {link}"
+# Public::Api::V1::CsatSurveyController (part 2 §6.2): a rating is taken while
+# (today - the survey's date) <= 14 days, in UTC dates; CsatSurveyResponse's rating rule.
+CSAT_LOCK_DAYS = 14
+CSAT_LOCKED = {"error": "You cannot update the CSAT survey after 14 days"}
+CSAT_RATINGS = (1, 2, 3, 4, 5)
 HTML_TYPE = "text/html; charset=utf-8"
 # The demo page loads nothing from elsewhere and may only post to itself.
 DEMO_PAGE_HEADERS = {
@@ -309,6 +324,13 @@ _ROUTES = [
     ("GET", r"/inboxes/(?P<inbox_id>[^/]+)", "inbox_show"),
 ]
 _ROUTES = [(method, re.compile(pattern), name) for method, pattern, name in _ROUTES]
+# The public API (§12): whole paths, no token, no account.
+_PUBLIC_ROUTES = [
+    ("GET", r"/public/api/v1/csat_survey/(?P<uuid>[^/]+)", "csat_survey_show"),
+    ("PUT", r"/public/api/v1/csat_survey/(?P<uuid>[^/]+)", "csat_survey_update"),
+    ("PATCH", r"/public/api/v1/csat_survey/(?P<uuid>[^/]+)", "csat_survey_update"),
+]
+_PUBLIC_ROUTES = [(method, re.compile(pattern), name) for method, pattern, name in _PUBLIC_ROUTES]
 _API_PREFIX = re.compile(r"/api/v1/accounts/(?P<account>[^/]+)(?P<rest>/.*)")
 _BLOB_PATH = re.compile(r"/rails/active_storage/(?P<kind>blobs/redirect|representations/redirect"
                         r"|disk)/(?P<key>[^/]+)/(?:.*/)?(?P<filename>[^/]+)")
@@ -351,6 +373,11 @@ class FakeChatwoot:
         self._threads = {}  # display_id -> its message records, in id order
         self._blobs = {}  # attachment key -> attachment record
         self.blob_requests = []  # every request for a file: {"method", "path", "token"}
+        self.public_requests = []  # every public API request: {"method", "path", "token"}
+        self._csat_records = {}  # survey message id -> its CsatSurveyResponse row
+        # Every CSAT answer the public API stored: {"uuid", "conversation_id",
+        # "message_id", "submitted_values"}, in order.
+        self.csat_responses = []
         self.webhooks = {}  # webhook id -> {id, url, secret, subscriptions, signed}
         self.webhook_deliveries = []  # one dict per attempt, appended under _deliveries_changed
         self.webhook_timeout = WEBHOOK_TIMEOUT
@@ -483,15 +510,21 @@ class FakeChatwoot:
             return conversation["display_id"]
 
     def add_message(self, conversation_id, content, message_type="incoming", private=False,
-                    sender=None, created_at=None, content_type="text", attachments=None):
-        """Append history as-is: unlike the API, a seeded incoming message never reopens."""
+                    sender=None, created_at=None, content_type="text", attachments=None,
+                    content_attributes=None):
+        """Append history as-is: unlike the API, a seeded incoming message never reopens.
+
+        Chatwoot's CSAT survey is ``("Please rate the conversation", "template",
+        content_type="input_csat", content_attributes={"display_type": "emoji"})``.
+        """
         type_code = message_type if isinstance(message_type, int) else MESSAGE_TYPES.index(message_type)
         with self._lock:
             conversation = self._conversations[conversation_id]
             author = self._author(conversation, type_code, sender or self.default_agent_id)
             message = self._create_message(
                 conversation, type_code, content, private, author, created_at=created_at,
-                content_type=content_type, attachments=attachments or [])
+                content_type=content_type, content_attributes=copy.deepcopy(content_attributes),
+                attachments=attachments or [])
             return message["id"]
 
     def seed_demo(self):
@@ -502,7 +535,8 @@ class FakeChatwoot:
         mail = self.add_inbox("Support email", "Channel::Email")
         contacts = {email: self.add_contact(name, email) for name, email in [
             ("Jane Doe", "jane@example.com"), ("Bob Stone", "bob@example.com"),
-            ("Ann Lee", "ann@example.com"), ("Joann Park", "joann@example.com")]}
+            ("Ann Lee", "ann@example.com"), ("Joann Park", "joann@example.com"),
+            ("Max Rivera", "max@example.com")]}
         jane, bob, ann = (contacts[e] for e in ("jane@example.com", "bob@example.com", "ann@example.com"))
         sam = self.default_agent_id
 
@@ -511,14 +545,102 @@ class FakeChatwoot:
                 self.add_message(display_id, text, kind, private=bool(private),
                                  created_at=start + offset)
 
+        # Real files for the attachment list, made here from the standard library,
+        # the same bytes every run.
+
+        def demo_photo_png(width=480, height=320):
+            """A 480x320 RGB PNG: a smoking printer by a window, in flat shapes."""
+            rows = []
+            for y in range(height):
+                if y < 230:  # wall, lighter at the top
+                    shade = 40 * y // 230
+                    row = bytearray(bytes((205 - shade, 215 - shade, 228 - shade)) * width)
+                else:  # wooden floor
+                    shade = 30 * (y - 230) // (height - 230)
+                    row = bytearray(bytes((150 - shade, 112 - shade, 78 - shade)) * width)
+                rows.append(row)
+
+            def span(y, x0, x1, colour):
+                x0, x1 = max(x0, 0), min(x1, width)
+                if 0 <= y < height and x0 < x1:
+                    rows[y][3 * x0:3 * x1] = bytes(colour) * (x1 - x0)
+
+            def box(x0, y0, x1, y1, colour):
+                for y in range(y0, y1):
+                    span(y, x0, x1, colour)
+
+            def disc(cx, cy, r, colour):
+                for y in range(cy - r, cy + r + 1):
+                    half = int((r * r - (y - cy) ** 2) ** 0.5)
+                    span(y, cx - half, cx + half + 1, colour)
+
+            box(30, 30, 130, 150, (120, 90, 60))  # window frame
+            box(38, 38, 122, 142, (170, 210, 245))  # sky
+            box(79, 38, 81, 142, (120, 90, 60))
+            box(38, 89, 122, 91, (120, 90, 60))
+            for cx, cy, r, grey in ((262, 96, 30, 120), (292, 62, 24, 135), (246, 48, 20, 150),
+                                    (318, 30, 16, 165)):
+                disc(cx, cy, r, (grey, grey, grey + 4))  # smoke
+            box(140, 250, 350, 258, (110, 80, 55))  # shadow
+            box(200, 118, 300, 150, (248, 248, 244))  # paper
+            box(150, 150, 340, 250, (68, 72, 80))  # printer
+            box(150, 150, 340, 166, (96, 100, 110))
+            box(180, 205, 310, 212, (40, 42, 48))  # output slot
+            box(310, 175, 326, 183, (90, 200, 110))  # power light
+            for y in range(110, 150):  # flame: widest at the bottom
+                half = (y - 110) * 3 // 4
+                span(y, 262 - half, 262 + half + 1, (240, 120, 30))
+                span(y, 262 - half // 2, 262 + half // 2 + 1, (255, 205, 60))
+
+            def chunk(kind, data):
+                checksum = struct.pack(">I", zlib.crc32(kind + data))
+                return struct.pack(">I", len(data)) + kind + data + checksum
+
+            raw = b"".join(b"\x00" + bytes(row) for row in rows)  # filter 0 on every row
+            header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+            return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                    + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+        def demo_pdf():
+            """A one-page A4 PDF with two lines of Helvetica and a correct xref table."""
+            text = (b"BT /F1 20 Tf 72 760 Td (Visit confirmation) Tj ET\n"
+                    b"BT /F1 12 Tf 72 730 Td"
+                    b" (Printer on fire: a technician visits Jane Doe tomorrow at 9:00.) Tj ET")
+            objects = [
+                b"<< /Type /Catalog /Pages 2 0 R >>",
+                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842]"
+                b" /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+                b"<< /Length %d >>\nstream\n%s\nendstream" % (len(text), text),
+            ]
+            out = bytearray(b"%PDF-1.4\n")
+            offsets = []
+            for number, body in enumerate(objects, 1):
+                offsets.append(len(out))
+                out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+            xref = len(out)
+            out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+            out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+            out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1)
+            out += b"startxref\n%d\n%%%%EOF\n" % xref
+            return bytes(out)
+
         t = now - 2 * day
         fire = self.add_conversation(jane, api, "Printer on fire", "open", t, sam, "high")
         thread(fire, t, (0, "incoming", "My printer is on fire since this morning."),
                (60, "activity", "Sam Agent self-assigned this conversation"),
                (300, "outgoing", "Hi Jane, please unplug it. A technician is on the way."),
                (420, "outgoing", "Customer seems upset, escalate.", True),
-               (3 * hour, "incoming", "Unplugged. It is still smoking a bit."),
-               (3 * hour + 600, "outgoing", "The technician arrives **tomorrow at 9**."))
+               (3 * hour, "incoming", "Unplugged. It is still smoking a bit."))
+        self.add_message(fire, "Here is a photo of it.", "incoming", created_at=t + 3 * hour + 120,
+                         attachments=[{"filename": "printer.png", "content_type": "image/png",
+                                       "data": demo_photo_png(), "width": 480, "height": 320}])
+        thread(fire, t, (3 * hour + 600, "outgoing", "The technician arrives **tomorrow at 9**."))
+        self.add_message(fire, "Your visit confirmation is attached.", "outgoing",
+                         created_at=t + 3 * hour + 660,
+                         attachments=[{"filename": "visit-confirmation.pdf",
+                                       "content_type": "application/pdf", "data": demo_pdf()}])
         t = now - 5 * day
         invoice = self.add_conversation(jane, api, "Invoice 2024-117 is wrong", "pending", t, sam)
         thread(invoice, t, (0, "incoming", "The invoice lists 12 toner cartridges, we got 2."),
@@ -553,6 +675,24 @@ class FakeChatwoot:
         t = now - 6 * hour
         lamp = self.add_conversation(ann, api, "Lamp flickers", "open", t)
         self.add_message(lamp, "The desk lamp flickers.", "incoming", created_at=t)
+        t = now - 2 * day
+        # Resolved two days ago, with Chatwoot's satisfaction survey waiting for an answer (§6).
+        scanner = self.add_conversation(jane, api, "Scanner driver", "resolved", t, sam)
+        thread(scanner, t, (0, "incoming", "Which driver does the scanner need?"),
+               (900, "outgoing", "Version 5.2 from our download page; it is installed now."),
+               (1000, "activity", "Conversation was marked resolved by Sam Agent"))
+        self.add_message(scanner, "Please rate the conversation", "template", created_at=t + 1001,
+                         content_type="input_csat", content_attributes={"display_type": "emoji"})
+        # A customer with a long history, for the dashboard's pages, filter and search.
+        topics = ("Order {} has not arrived", "Invoice {} question", "Return label for order {}",
+                  "Password reset #{}", "Delivery address change {}", "Broken part in order {}")
+        for n in range(64):
+            t = now - (64 - n) * day
+            status = "resolved" if n < 50 else ("open", "pending", "snoozed")[n % 3]
+            busy = self.add_conversation(contacts["max@example.com"], api, topics[n % len(topics)].format(1000 + n),
+                                         status, t, sam, (None, "low", "medium", "high", "urgent")[n % 5])
+            self.add_message(busy, "Hello, I have a question about this.", "incoming", created_at=t)
+            self.add_message(busy, "Thanks, we are looking into it.", "outgoing", created_at=t + hour)
         return {"api_inbox_id": api, "email_inbox_id": mail, "contacts": contacts}
 
     # -- inspection and fault injection ------------------------------------
@@ -568,6 +708,25 @@ class FakeChatwoot:
     def messages_of(self, display_id):
         with self._lock:
             return copy.deepcopy(self._threads.get(display_id, []))
+
+    def review_csat(self, conversation_id, notes, reviewer_id=None):
+        """An agent's internal review note on the conversation's CSAT record
+        (Enterprise, v4.10+), which the public CSAT endpoints hand to anyone with
+        the uuid (part 2 §6.2). The customer must have rated first."""
+        with self._lock:
+            message = self._csat_message_of(self._conversations[conversation_id])
+            record = self._csat_records.get(message["id"]) if message else None
+            if record is None:
+                raise ValueError(f"conversation {conversation_id} has no CSAT answer to review")
+            now = float(self._clock())
+            record.update(csat_review_notes=notes, review_notes_updated_at=now,
+                          review_notes_updated_by_id=reviewer_id or self.default_agent_id, updated_at=now)
+
+    def csat_record(self, conversation_id):
+        """A copy of the conversation's CsatSurveyResponse row, or None before a valid rating."""
+        with self._lock:
+            message = self._csat_message_of(self._conversations[conversation_id])
+            return copy.deepcopy(self._csat_records.get(message["id"])) if message else None
 
     @property
     def demo_url(self):
@@ -888,15 +1047,17 @@ class FakeChatwoot:
         parts = urlsplit(target)
         if parts.path == "/demo" or parts.path.startswith("/demo/"):
             return self._serve_demo(method, parts, headers, raw_body)  # not an API call
-        if not parts.path.startswith("/api/"):
+        token_sent = bool(headers.get("api_access_token") or headers.get("api-access-token"))
+        public = parts.path.startswith("/public/api/")  # logged and faulted like the API
+        if not public and not parts.path.startswith("/api/"):
             with self._lock:  # storage needs no token; a client that sends one leaks it
-                self.blob_requests.append({"method": method, "path": parts.path,
-                                           "token": bool(headers.get("api_access_token")
-                                                         or headers.get("api-access-token"))})
+                self.blob_requests.append({"method": method, "path": parts.path, "token": token_sent})
             return self._serve_blob(method, parts.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         with self._lock:
             self.calls.append((method, parts.path, query))
+            if public:  # the public API needs no token; a client that sends one leaks it
+                self.public_requests.append({"method": method, "path": parts.path, "token": token_sent})
             fault = self._take_fault()
         if self.delay:
             self._stopping.wait(self.delay)
@@ -911,7 +1072,8 @@ class FakeChatwoot:
                 return _fault_answer(fault["status"], fault["body"])
         with self._lock:
             try:
-                status, payload = self._route(method, parts, query, headers, raw_body)
+                route = self._route_public if public else self._route
+                status, payload = route(method, parts, query, headers, raw_body)
             except _ApiError as error:
                 status, payload = error.status, error.body
             except Exception:  # outermost boundary: a bug in the fake still answers like Rails
@@ -936,6 +1098,19 @@ class FakeChatwoot:
         body = _parse_body(headers.get("Content-Type", ""), raw_body)
         if str(match.group("account")) != str(self.account_id):
             raise _ApiError(404, RECORD_NOT_FOUND)  # the only account this fake knows
+        return 200, handler(_Request({k: unquote(v) for k, v in args.items()}, query, body))
+
+    def _route_public(self, method, parts, query, headers, raw_body):
+        """The public API (§12): no token, no account; the path's uuid is the credential."""
+        handler = None
+        for route_method, pattern, name in _PUBLIC_ROUTES:
+            found = pattern.fullmatch(parts.path.rstrip("/"))
+            if found and route_method == method:
+                handler, args = getattr(self, "_public_" + name), found.groupdict()
+                break
+        if handler is None:
+            raise _ApiError(404, ROUTE_NOT_FOUND)
+        body = _parse_body(headers.get("Content-Type", ""), raw_body)
         return 200, handler(_Request({k: unquote(v) for k, v in args.items()}, query, body))
 
     def _authenticate(self, headers):
@@ -1384,6 +1559,14 @@ message by {esc(agent)}, and the account's webhooks
         return test
 
     @staticmethod
+    def _status_test(record, operator, values):
+        """``status`` values map to the enum; ``["all"]`` is every status (part 2 §4.2)."""
+        if "all" in [str(v) for v in values]:
+            return operator == "equal_to"
+        hit = record["status"] in {str(v) for v in values}
+        return hit == (operator == "equal_to")
+
+    @staticmethod
     def _in_test(field):
         """A standard attribute: ``IN (values)`` / ``NOT IN (values)``."""
 
@@ -1466,6 +1649,13 @@ message by {esc(agent)}, and the account's webhooks
         equality = ("equal_to", "not_equal_to")
         attributes = {key: (equality, self._in_test(key))
                       for key in ("status", "contact_id", "inbox_id", "assignee_id", "priority")}
+        attributes["status"] = (equality, self._status_test)
+        # additional_attributes->>'mail_subject' ILIKE ANY(...): % and _ are wildcards (part 2 §4.4)
+        subject_test = self._text_test("mail_subject")
+        attributes["mail_subject"] = (("equal_to", "not_equal_to", "contains", "does_not_contain"),
+                                      lambda record, operator, values: subject_test(
+                                          {"mail_subject": record["additional_attributes"].get("mail_subject")},
+                                          operator, [str(v).strip() for v in values]))
         matches = self._run_filter(request, attributes, list(self._conversations.values()))
         matches.sort(key=lambda c: (c["last_activity_at"], c["display_id"]), reverse=True)
         page = max(_to_i(request.params.get("page", 1)), 1)
@@ -1636,6 +1826,89 @@ message by {esc(agent)}, and the account's webhooks
     def _api_inbox_show(self, request):
         return self._inbox_json(self._find(self._inboxes, request.args["inbox_id"]))
 
+    # ========================================================================
+    # Public API handlers: the CSAT survey (part 2 §6.2)
+    # ========================================================================
+
+    def _csat_message_of(self, conversation):
+        """The conversation's first ``input_csat`` message (``find_by!``), or None."""
+        return next((m for m in self._messages_in(conversation) if m["content_type"] == "input_csat"), None)
+
+    def _csat_survey(self, conversation_uuid):
+        # PublicController rescues neither lookup: Rails' own JSON 404 (part 2 §9).
+        conversation = next((c for c in self._conversations.values() if c["uuid"] == conversation_uuid), None)
+        message = self._csat_message_of(conversation) if conversation else None
+        if message is None:
+            raise _ApiError(404, ROUTE_NOT_FOUND)
+        return conversation, message
+
+    def _public_csat_survey_show(self, request):
+        return self._csat_survey_json(*self._csat_survey(request.args["uuid"]))
+
+    def _public_csat_survey_update(self, request):
+        conversation, message = self._csat_survey(request.args["uuid"])
+        today = datetime.fromtimestamp(self._now(), timezone.utc).date()
+        if (today - datetime.fromtimestamp(message["created_at"], timezone.utc).date()).days > CSAT_LOCK_DAYS:
+            raise _ApiError(422, CSAT_LOCKED)
+        params = request.params.get("message")
+        if not isinstance(params, dict):
+            raise _server_error()  # update!(nil) raises, unrescued
+        submitted = _permit_submitted_values(params.get("submitted_values"))
+        if submitted is not None:  # message.update!(submitted_values: ...): stored as sent, any rating
+            message["content_attributes"] = {**message["content_attributes"], "submitted_values": submitted}
+            message["updated_at"] = float(self._clock())
+            self.csat_responses.append({"uuid": conversation["uuid"], "conversation_id": conversation["display_id"],
+                                        "message_id": message["id"], "submitted_values": copy.deepcopy(submitted)})
+        # The answer shows the CSAT record as it was: Chatwoot builds it later, in the
+        # message_updated listener, so the first answer has null (part 2 §6.2).
+        answer = self._csat_survey_json(conversation, message)
+        self._build_csat_record(conversation, message)
+        return answer
+
+    def _build_csat_record(self, conversation, message):
+        """``CsatSurveys::ResponseBuilder``: the message's one CsatSurveyResponse row.
+
+        A blank rating builds nothing; one outside 1-5 fails validation in the
+        background job, so the row keeps what it had while the message keeps it all.
+        """
+        answer = (message["content_attributes"].get("submitted_values") or {}).get("csat_survey_response")
+        answer = answer if isinstance(answer, dict) else {}
+        rating = answer.get("rating")
+        if not _present(rating):
+            return
+        rating = None if isinstance(rating, bool) else _to_i(rating)  # the integer column's cast
+        if rating not in CSAT_RATINGS:
+            return
+        now = float(self._clock())
+        record = self._csat_records.get(message["id"])
+        if record is None:  # the unique index is on message_id: one row, updated after
+            record = self._csat_records[message["id"]] = {
+                "id": self._new_id("csat_survey_response"), "account_id": self.account_id,
+                "conversation_id": conversation["display_id"], "message_id": message["id"],
+                "rating": None, "feedback_message": None, "contact_id": conversation["contact_id"],
+                "assigned_agent_id": conversation["assignee_id"], "created_at": now, "updated_at": now,
+                "csat_review_notes": None, "review_notes_updated_at": None, "review_notes_updated_by_id": None}
+        feedback = answer.get("feedback_message")
+        record.update(rating=rating, feedback_message=None if feedback is None else str(feedback), updated_at=now)
+
+    def _csat_survey_json(self, conversation, message):
+        """``_csat_survey.json.jbuilder``, the raw CSAT record inside (its ``as_json``).
+
+        ``conversation_id`` is Chatwoot's database id; this fake has no separate
+        one and gives the display id, as everywhere else. ``content`` stands in for
+        the inbox's ``csat_config`` message: the survey message's own text.
+        """
+        record = self._csat_records.get(message["id"])
+        raw = None
+        if record is not None:
+            raw = {**record, **{key: _iso(record[key])
+                                for key in ("created_at", "updated_at", "review_notes_updated_at")}}
+        return {"id": message["id"], "csat_survey_response": raw,
+                "display_type": message["content_attributes"].get("display_type", "emoji"),
+                "content": message["content"], "inbox_avatar_url": "",
+                "inbox_name": self._inboxes[conversation["inbox_id"]]["name"], "locale": "en",
+                "conversation_id": conversation["display_id"], "created_at": _iso(message["created_at"])}
+
 
 # ============================================================================
 # Parameter conversions used by the handlers
@@ -1662,6 +1935,24 @@ def _priority_value(value):
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
         return PRIORITIES[value]
     raise _server_error()
+
+
+def _permit_submitted_values(value):
+    """``submitted_values`` through the CSAT controller's strong parameters: scalar
+    ``name``, ``title``, ``value`` and ``csat_survey_response: {feedback_message,
+    rating}``; anything else dropped. None when it is not an object at all."""
+    if not isinstance(value, dict):
+        return None
+
+    def scalar(item):
+        return item is None or isinstance(item, (str, int, float, bool))
+
+    permitted = {key: value[key] for key in ("name", "title", "value") if key in value and scalar(value[key])}
+    answer = value.get("csat_survey_response")
+    if isinstance(answer, dict):
+        permitted["csat_survey_response"] = {key: answer[key] for key in ("feedback_message", "rating")
+                                             if key in answer and scalar(answer[key])}
+    return permitted
 
 
 def _jsonb_param(params, name):

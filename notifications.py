@@ -71,8 +71,9 @@ class Notifier:
         return added
 
     def ticket_viewed(self, ticket_id, newest_message_id):
-        """The owner has the ticket on screen, up to this message: no mail for what they read."""
-        if not self.enabled or not newest_message_id:
+        """The owner has the ticket on screen, up to this message: no mail for what they
+        read, and no "new reply" mark on the dashboard (the marker is kept either way)."""
+        if not newest_message_id:
             return
         if newest_message_id > self._state.seen_message_id(ticket_id):
             self._state.mark_seen(ticket_id, newest_message_id)

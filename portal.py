@@ -34,12 +34,13 @@ import jinja2
 import attachments
 import i18n
 import webhooks
-from chatwoot_client import PRIORITIES, ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
+from chatwoot_client import PRIORITIES, STATUS_GROUPS, ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
+from chatwoot_client import CSAT_RATINGS, ChatwootRejected
 from config import BRAND_FILES, HERE, ConfigError, load_config
 from mailer import ConsoleMailer, Mailer, MailError
 from markup import agent_markdown
 from notifications import Notifier
-from security import MagicLinkStore, RateLimiter, SessionStore, Signer
+from security import MAX_WRONG_CODES, MagicLinkStore, RateLimiter, SessionStore, Signer
 from storage import StateError, StateFile, check_writable
 
 log = logging.getLogger("portal")
@@ -48,7 +49,11 @@ log = logging.getLogger("portal")
 # (url-encoding can triple UTF-8); nginx.conf.example uses the same figure.
 MAX_BODY_BYTES = 256 * 1024
 SUBJECT_MAX_CHARS = 150
+SEARCH_MAX_CHARS = 100
+MAX_PAGE = 10_000
 MESSAGE_MAX_CHARS = 10_000
+# A rating's comment: Chatwoot takes any length; a comment is not a new ticket.
+FEEDBACK_MAX_CHARS = 1000
 EMAIL_MAX_CHARS = 254  # RFC 5321 path limit
 
 # Sign-in requests: per address, so nobody floods one inbox; per client IP, so one
@@ -304,6 +309,7 @@ ROUTES = [
     ("POST", r"/auth/request", "request_link"),
     ("GET", r"/auth/verify", "verify_page"),
     ("POST", r"/auth/verify", "verify"),
+    ("POST", r"/auth/code", "verify_code"),
     ("GET", r"/dashboard", "dashboard"),
     ("GET", r"/tickets/new", "new_ticket_page"),
     ("POST", r"/tickets", "create_ticket"),
@@ -314,6 +320,7 @@ ROUTES = [
      "attachment"),
     ("POST", r"/tickets/(?P<ticket_id>[0-9]{1,10})/reply", "reply"),
     ("POST", r"/tickets/(?P<ticket_id>[0-9]{1,10})/cancel", "cancel"),
+    ("POST", r"/tickets/(?P<ticket_id>[0-9]{1,10})/rating", "rate"),
     ("POST", r"/lang", "set_language"),
     ("POST", r"/logout", "logout"),
     ("GET", r"/healthz", "healthz"),
@@ -345,8 +352,9 @@ class Portal:
         self.client = client or ChatwootClient(config.chatwoot_url, config.chatwoot_api_token,
                                                config.chatwoot_account_id, config.chatwoot_timeout)
         self.mailer = mailer or Mailer(config, self.signer.pseudonym)
+        self.clock = clock  # also decides whether a CSAT survey still takes a rating
         self.sessions = SessionStore(config.session_idle_minutes * 60, clock)
-        self.magic_links = MagicLinkStore(config.magic_link_minutes * 60, clock)
+        self.magic_links = MagicLinkStore(config.magic_link_minutes * 60, clock, self.signer)
         self.limit_by_address = RateLimiter(*SIGNIN_PER_ADDRESS, clock=clock)
         self.limit_by_ip = RateLimiter(*SIGNIN_PER_IP, clock=clock)
         self.cookie_path = config.base_path or "/"
@@ -568,20 +576,26 @@ class Portal:
                 self.mailer.rehearse(email)
                 log.info("sign-in link not sent: no contact email=%s", pseudonym)
             else:
-                token = self.magic_links.issue(contact.id, contact.email, contact.name, request.lang, next_path, client)
-                self.send_link(request.lang, contact, token)
+                sent = self.magic_links.issue_with_code(contact.id, contact.email, contact.name, request.lang,
+                                                        next_path, client)
+                self.send_link(request.lang, contact, sent.token, sent.code)
                 log.info("sign-in link sent email=%s contact=%s", pseudonym, contact.id)
         except MailError as error:
             log.warning("sign-in mail failed email=%s: %s", pseudonym, error)
             return form_again(503, "error_mail_failed")
         # The same page whether or not the address is a contact: no enumeration.
-        return self.render(request, "signin_sent.html", email=email,
-                           minutes=self.config.magic_link_minutes)
+        return self.render_code_form(request, 200, email, next_path, error="")
 
-    def send_link(self, lang, contact, token):
+    def render_code_form(self, request, status, email, next_path, error):
+        """The "check your inbox" page, with the form for the mailed code."""
+        return self.render(request, "signin_sent.html", status, email=email, next_path=next_path, error=error,
+                           minutes=self.config.magic_link_minutes, attempts=MAX_WRONG_CODES)
+
+    def send_link(self, lang, contact, token, code):
         link = self.config.public_url("/auth/verify?" + urllib.parse.urlencode({"token": token}))
         context = dict(
             lang=lang, link=link, name=contact.name, minutes=self.config.magic_link_minutes,
+            code=f"{code[:3]} {code[3:]}",  # read aloud or typed, two halves are easier
             t=lambda key, **values: i18n.translate(lang, key, **values),
         )
         text = self.templates.get_template("email_link.txt").render(context)
@@ -591,18 +605,52 @@ class Portal:
     def verify_page(self, request):
         # GET never consumes the token: mail scanners prefetch links.
         link = self.magic_links.peek(request.arg("token"))
-        no_referrer = [("Referrer-Policy", "no-referrer")]
         if link is None:
-            return self.render(request, "link_invalid.html", 400, no_referrer,
-                               minutes=self.config.magic_link_minutes)
-        return self.render(request, "verify.html", headers=no_referrer, token=request.arg("token"), email=link.email)
+            return self.link_invalid(request, request.arg("token"))
+        return self.render(request, "verify.html", headers=[("Referrer-Policy", "no-referrer")],
+                           token=request.arg("token"), email=link.email)
+
+    def link_invalid(self, request, untrusted_token):
+        """Why this link no longer works, and a form for a new one.
+
+        Only a token that was really issued left a record, so only whoever holds
+        the link sees its reason and its own address prefilled; any other token
+        gets the generic words and an empty field.
+        """
+        retired = self.magic_links.retired(untrusted_token)
+        return self.render(request, "link_invalid.html", 400, [("Referrer-Policy", "no-referrer")],
+                           minutes=self.config.magic_link_minutes, attempts=MAX_WRONG_CODES,
+                           reason=retired.reason if retired else "",
+                           email=retired.email if retired else "",
+                           next_path=retired.next_path if retired else "")
 
     def verify(self, request):
         link = self.magic_links.consume(request.field("token"))
-        no_referrer = [("Referrer-Policy", "no-referrer")]
         if link is None:
-            return self.render(request, "link_invalid.html", 400, no_referrer,
-                               minutes=self.config.magic_link_minutes)
+            return self.link_invalid(request, request.field("token"))
+        return self.start_session(request, link, link.next_path)
+
+    def verify_code(self, request):
+        """The code from the mail, typed into the browser that asked for it."""
+        untrusted_email = request.field("email")
+        next_path = _safe_next(request.field("next"))
+        email = untrusted_email.strip().lower()[:EMAIL_MAX_CHARS]
+        pseudonym = self.signer.pseudonym(email)
+        # Each try counts against the client too: one client cannot spread its
+        # guesses over many addresses (each address allows MAX_WRONG_CODES).
+        if not self.limit_by_ip.hit(_network_of(request.client_ip)):
+            log.warning("sign-in rate limit reached email=%s ip=%s", pseudonym, request.client_ip)
+            return self.render_code_form(request, 429, email, next_path, error="error_rate_limited")
+        link = self.magic_links.redeem_code(email, request.field("code"))
+        if link is None:
+            # Wrong, expired, used or an unknown address: one answer, no enumeration.
+            # Never the code itself in the log.
+            log.info("sign-in code refused email=%s", pseudonym)
+            return self.render_code_form(request, 400, email, next_path, error="error_code_wrong")
+        return self.start_session(request, link, next_path or link.next_path)
+
+    def start_session(self, request, link, next_path):
+        """Sign this browser in as the link's contact (by link or by code)."""
         # The limits are there against floods of mail and lookups. Whoever signs in
         # proved to own the inbox: their address and client start afresh, so a
         # customer who signs in often is never locked out by their own visits.
@@ -615,7 +663,7 @@ class Portal:
         log.info("signed in contact=%s email=%s", link.contact_id, self.signer.pseudonym(link.email))
         # Mails about this contact's tickets speak the language they use here.
         self.state.remember_language(link.contact_id, request.lang if request.lang_from_cookie else link.lang)
-        response = redirect(self.url(link.next_path or "/dashboard"))
+        response = redirect(self.url(next_path or "/dashboard"))
         response.set_cookie(SESSION_COOKIE, self.signer.sign("session", session.id), self.cookie_path,
                             self.config.secure_cookies)
         if not request.lang_from_cookie:
@@ -643,14 +691,44 @@ class Portal:
     # -- Tickets ------------------------------------------------------------
 
     def dashboard(self, request):
+        """One page of the customer's tickets: ?status=open|resolved|all&q=words&page=N."""
         session = self.require_session(request)
+        untrusted_status = request.arg("status")
+        status = untrusted_status if untrusted_status in STATUS_GROUPS else "open"
+        query = " ".join(request.arg("q").split())[:SEARCH_MAX_CHARS]
+        page = int(request.arg("page")) if request.arg("page").isdigit() else 1
+        page = min(max(page, 1), MAX_PAGE)
         try:
-            tickets = self.client.list_tickets(session.contact_id)
+            listing = self.client.ticket_page(session.contact_id, status, query, page)
         except ChatwootNotFound:
             return self.contact_gone(request)
         except ChatwootError as error:
             return self.unavailable(request, error)
-        return self.render(request, "dashboard.html", tickets=tickets)
+
+        def page_url(number, status=status, query=query):
+            # The defaults stay out of the URL: /dashboard is the open tickets' first page.
+            fields = {"status": status if status != "open" else "", "q": query, "page": number if number > 1 else ""}
+            return self.url("/dashboard") + _query_string(fields)
+
+        if not listing.tickets and page > listing.pages:  # past the end (the list shrank)
+            return redirect(page_url(listing.pages))
+        return self.render(request, "dashboard.html", listing=listing, group=status, query=query,
+                           unread=self.unread(listing.tickets), page_url=page_url)
+
+    def unread(self, tickets):
+        """Ids of the tickets with an agent reply newer than the customer's last look.
+
+        The reply comes from Chatwoot's list (its latest public message) or, when a
+        private note hides it there, from the webhook; the look from the portal's
+        own marker (Chatwoot's update_last_seen would mark agents' messages read).
+        A ticket never opened here counts only while it is not closed, so years of
+        old tickets do not all show "New reply" at a customer's first visit.
+        """
+        ids = [ticket.id for ticket in tickets]
+        seen, replies = self.state.seen_message_ids(ids), self.state.agent_reply_ids(ids)
+        return {ticket.id for ticket in tickets
+                if max(ticket.last_agent_reply_id, replies.get(ticket.id, 0)) > seen.get(ticket.id, 0)
+                and (ticket.id in seen or ticket.status != "resolved")}
 
     def new_ticket_page(self, request):
         self.require_session(request)
@@ -738,7 +816,9 @@ class Portal:
         session = self.require_session(request)
         return self.render_ticket(request, session, int(ticket_id))
 
-    def render_ticket(self, request, session, ticket_id, status=200, reply="", error=""):
+    def render_ticket(self, request, session, ticket_id, status=200, reply="", error="", rating=None):
+        """The ticket page; `reply` and `error`: the reply form as it came back; `rating`:
+        the rating form as it came back (dict of value, feedback, error, notice)."""
         try:
             ticket, thread = self.client.get_ticket_with_thread(ticket_id)
         except ChatwootNotFound:
@@ -746,13 +826,24 @@ class Portal:
         except ChatwootError as failure:
             if reply:
                 return self.reply_form_again(request, ticket_id, reply, failure)
+            if rating:
+                return self.rating_form_again(request, ticket_id, rating, failure)
             return self.unavailable(request, failure)
         self.check_owner(ticket, session)
         self.known_files.remember(session.contact_id, ticket.id, thread)
         # What the customer reads here needs no mail (see notifications).
         self.notifier.ticket_viewed(ticket.id, max((m.id for m in thread), default=0))
         title = ticket.subject or i18n.translate(request.lang, "ticket_number", id=ticket.id)
+        # The rating shown is the one in the thread's survey message, never Chatwoot's
+        # CSAT record; the form starts from it, so a second rating changes the first.
+        survey = ticket.survey
+        if rating is None:
+            rating = dict(value=str(survey.rating) if survey and survey.rating else "",
+                          feedback=survey.feedback if survey else "", error="", notice="")
+        rating_open = survey is not None and survey.open_on(self.clock()) and rating["notice"] != "rating_closed"
         return self.render(request, "ticket.html", status, ticket=ticket, title=title, thread=thread,
+                           survey=survey, rating=rating, rating_open=rating_open,
+                           FEEDBACK_MAX_CHARS=FEEDBACK_MAX_CHARS,
                            reply=reply, error=error, form_id=secrets.token_urlsafe(16),
                            files_again=request.files_chosen > 0,
                            human_size=lambda size: attachments.human_size(size, request.lang))
@@ -817,6 +908,48 @@ class Portal:
             return self.unavailable(request, failure)
         return redirect(self.url(f"/tickets/{ticket_id}"))
 
+    def rate(self, request, ticket_id):
+        """Answer Chatwoot's CSAT survey of the ticket: `rating` 1-5, optional `feedback`.
+
+        Two calls: the ownership check, whose answer carries the conversation's
+        uuid, then the public PUT Chatwoot's own survey page makes (part 2 §6.3).
+        Chatwoot answers 200 to any rating, so the portal checks it.
+        """
+        ticket_id = int(ticket_id)
+        untrusted_rating = request.field("rating")
+        untrusted_feedback = request.text_field("feedback")
+        if request.session is None:
+            return self.signin_with_draft(request, f"/tickets/{ticket_id}", untrusted_feedback)
+        session = request.session
+        typed = dict(value=untrusted_rating, feedback=untrusted_feedback, error="", notice="")
+        feedback = untrusted_feedback.strip()
+        if untrusted_rating not in [str(n) for n in CSAT_RATINGS]:
+            return self.render_ticket(request, session, ticket_id, 400, rating=dict(typed, error="error_rating_invalid"))
+        if len(feedback) > FEEDBACK_MAX_CHARS:
+            return self.render_ticket(request, session, ticket_id, 400, rating=dict(typed, error=i18n.translate(
+                request.lang, "error_feedback_too_long", limit=FEEDBACK_MAX_CHARS)))
+        try:
+            ticket = self.client.get_ticket(ticket_id)
+        except ChatwootNotFound:
+            raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+        except ChatwootError as failure:
+            return self.rating_form_again(request, ticket_id, typed, failure)
+        self.check_owner(ticket, session)
+        try:
+            self.client.rate(ticket.uuid, int(untrusted_rating), feedback)
+        except ChatwootNotFound:  # the conversation has no survey
+            return self.render_ticket(request, session, ticket_id, 409, rating=dict(typed, notice="rating_no_survey"))
+        except ChatwootRejected as failure:
+            if failure.status != 422:
+                return self.rating_form_again(request, ticket_id, typed, failure)
+            # Chatwoot's 14-day lock, though the portal's clock thought it open.
+            return self.render_ticket(request, session, ticket_id, 409, rating=dict(typed, notice="rating_closed"))
+        except ChatwootError as failure:
+            return self.rating_form_again(request, ticket_id, typed, failure)
+        session.flash = "rating_saved"
+        log.info("rating recorded ticket=%s contact=%s", ticket_id, session.contact_id)
+        return redirect(self.url(f"/tickets/{ticket_id}#rating"))
+
     def upload_problem_sentences(self, request):
         return [i18n.translate(request.lang, problem.key, name=problem.filename,
                                count=self.config.attachment_max_files, mb=self.config.attachment_max_mb)
@@ -875,6 +1008,13 @@ class Portal:
                            files_again=request.files_chosen > 0,
                            problem="error_unavailable" if status == 503 else "error_rejected")
 
+    def rating_form_again(self, request, ticket_id, rating, failure):
+        log.warning("rating failed for ticket %s: %s", ticket_id, failure)
+        status = 503 if isinstance(failure, ChatwootUnavailable) else 502
+        return self.render(request, "rating_retry.html", status, ticket_id=ticket_id, rating=rating,
+                           FEEDBACK_MAX_CHARS=FEEDBACK_MAX_CHARS,
+                           problem="error_unavailable" if status == 503 else "error_rejected")
+
     def signin_with_draft(self, request, next_path, untrusted_draft):
         """The session ended while the customer typed: ask to sign in, show the text to copy."""
         notice = "session_expired" if request.had_session_cookie else "signin_required"
@@ -924,6 +1064,12 @@ class Portal:
 
     def brand_file(self, request, name):
         return _file_response(self.brand, name, request.arg("v"))
+
+
+def _query_string(fields):
+    """`?a=1&b=2` of the fields that have a value, or ""."""
+    kept = {name: value for name, value in fields.items() if value not in ("", None)}
+    return "?" + urllib.parse.urlencode(kept) if kept else ""
 
 
 def _json_response(status, data):

@@ -7,7 +7,9 @@ of waiting for it, and sweeps its expired entries under the same lock.
 * Signer: HMAC-SHA256 with a purpose ("session", "csrf", ...) mixed into every
   signature, so a value signed for one purpose is never accepted for another.
 * SessionStore: random session ids, rolling idle expiry.
-* MagicLinkStore: 32-byte random tokens, kept only as their SHA-256, single use.
+* MagicLinkStore: 32-byte random tokens, kept only as their SHA-256, each with a
+  6-digit code kept only as an HMAC bound to its address; single use, and a short
+  record of retired tokens so a dead link's page can say why.
 * RateLimiter: sliding-window counts per key, with a hard cap on the keys it keeps.
 """
 
@@ -16,9 +18,11 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
+import typing
 
 SWEEP_INTERVAL_SECONDS = 60
 
@@ -169,18 +173,69 @@ class MagicLink:
     next_path: str
     expires: float
     client: str = ""  # the rate-limit key of the client that asked for the link
+    code_digest: str = ""  # HMAC of (address, code): the mailed code itself is never kept
+
+
+class SignInSecrets(typing.NamedTuple):
+    """What one sign-in mail carries: a link token and a code, each usable once."""
+
+    token: str
+    code: str
+
+
+# Why a link stopped working, as its page tells the customer.
+EXPIRED, USED, LOCKED = "expired", "used", "locked"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetiredLink:
+    """What is left of a link that no longer works: enough for its page, nothing to sign in with."""
+
+    reason: str  # EXPIRED, USED or LOCKED
+    email: str
+    next_path: str
+    retired_at: float
 
 
 # Outstanding links are few (a handful per known address, rate-limited); this cap
 # only guards memory if the limits are ever misconfigured.
 MAX_MAGIC_LINKS = 50_000
+# A code has 10**6 values. This many wrong ones for an address retire its links and
+# codes, and only a new (rate-limited) mail starts afresh: a guesser gets 5 tries
+# at the few codes an address has live, then must make the customer get a mail.
+MAX_WRONG_CODES = 5
+# Retired tokens are remembered this long, so a used or expired link's page can say
+# which it was and offer a new link to its own address. Only issued tokens get a
+# record, so the cap (oldest forgotten first) bounds memory, not a guessing flood.
+RETIRED_LINK_SECONDS = 24 * 3600
+MAX_RETIRED_LINKS = 50_000
+# What people type between the two halves of "123 456": spaces, hyphens, dashes.
+_CODE_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u2212]")
+_CODE = re.compile(r"[0-9]{6}")
+
+
+def normalize_code(untrusted_code):
+    """The six ASCII digits of a typed code ("123 456", "123-456"), or "" if it is not one."""
+    code = _CODE_SEPARATORS.sub("", (untrusted_code or "")[:32])
+    return code if _CODE.fullmatch(code) else ""
+
+
+def _address(email):
+    return (email or "").strip().lower()
 
 
 class MagicLinkStore:
-    def __init__(self, ttl_seconds, clock=time.time):
+    def __init__(self, ttl_seconds, clock=time.time, signer=None):
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._links = collections.OrderedDict()
+        # Codes are kept as an HMAC, never a plain hash, which trying a million
+        # values would undo at once. The portal passes its Signer (SESSION_SECRET);
+        # alone (unit tests), the store makes a key that dies with the process.
+        self._signer = signer or Signer(secrets.token_urlsafe(32))
+        self._links = collections.OrderedDict()  # token digest -> MagicLink
+        self._retired = collections.OrderedDict()  # token digest -> RetiredLink, oldest first
+        # address -> wrong codes so far; kept only while the address has links.
+        self._wrong_codes = {}
         self._lock = threading.Lock()
         self._next_sweep = 0.0
 
@@ -188,16 +243,27 @@ class MagicLinkStore:
     def _digest(token):
         return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
+    def _code_digest(self, email, code):
+        # The address is inside the MAC: a code works only for the address it was mailed to.
+        return self._signer.signature("sign-in-code", f"{_address(email)}|{code}")
+
     def issue(self, contact_id, email, name, lang, next_path, client=""):
-        """A new token; only its hash is kept, so a memory dump cannot sign anyone in."""
+        """A new token (and code, see issue_with_code); only its hash is kept."""
+        return self.issue_with_code(contact_id, email, name, lang, next_path, client).token
+
+    def issue_with_code(self, contact_id, email, name, lang, next_path, client=""):
+        """A new token and 6-digit code for one mail; only their hashes are kept, so a
+        memory dump cannot sign anyone in. Using either one retires both."""
         token = secrets.token_urlsafe(32)
-        link = MagicLink(contact_id, email, name, lang, next_path, self._clock() + self.ttl_seconds, client)
+        code = f"{secrets.randbelow(10 ** 6):06d}"  # uniform over 000000-999999
+        link = MagicLink(contact_id, email, name, lang, next_path, self._clock() + self.ttl_seconds, client,
+                         self._code_digest(email, code))
         with self._lock:
             self._sweep_if_due()
             while len(self._links) >= MAX_MAGIC_LINKS:
                 self._links.popitem(last=False)
             self._links[self._digest(token)] = link
-        return token
+        return SignInSecrets(token, code)
 
     def peek(self, untrusted_token):
         """The link if the token is valid now, without using it up (for the GET page)."""
@@ -213,20 +279,93 @@ class MagicLinkStore:
         A successful sign-in also retires the contact's other outstanding links:
         older mails in the inbox stop being keys to the account.
         """
+        digest = self._digest(untrusted_token or "")
         with self._lock:
-            link = self._links.pop(self._digest(untrusted_token or ""), None)
-            if link is None or link.expires < self._clock():
+            link = self._links.get(digest)
+            if link is None:
                 return None
-            for digest in [d for d, other in self._links.items() if other.contact_id == link.contact_id]:
-                del self._links[digest]
+            if link.expires < self._clock():
+                self._retire([digest], EXPIRED)
+                return None
+            self._retire_contact(link)
         return link
+
+    def redeem_code(self, untrusted_email, untrusted_code):
+        """The link whose mailed code this is, used up as consume() would; else None.
+
+        A wrong code, an expired or used one and an address without links all give
+        None alike. Wrong codes count per address: the MAX_WRONG_CODES-th retires
+        every link and code of that address, and the customer asks for a new mail.
+        """
+        email = _address(untrusted_email)
+        code = normalize_code(untrusted_code)
+        wanted = self._code_digest(email, code).encode("ascii")  # even for no code: same work
+        with self._lock:
+            self._sweep_if_due()
+            now = self._clock()
+            live = [(digest, link) for digest, link in self._links.items()
+                    if _address(link.email) == email and link.expires >= now]
+            if not live:
+                return None  # nothing to guess at: no count, so no memory for strangers
+            if code:
+                for _, link in live:
+                    if hmac.compare_digest(link.code_digest.encode("ascii"), wanted):
+                        self._retire_contact(link)
+                        return link
+            wrong = self._wrong_codes.get(email, 0) + 1
+            if wrong < MAX_WRONG_CODES:
+                self._wrong_codes[email] = wrong
+            else:
+                self._retire([digest for digest, _ in live], LOCKED)
+                self._wrong_codes.pop(email, None)
+        return None
+
+    def retired(self, untrusted_token):
+        """Why an issued token no longer works (a RetiredLink), or None: never issued,
+        forgotten, or still valid."""
+        digest = self._digest(untrusted_token or "")
+        with self._lock:
+            link = self._links.get(digest)
+            if link is not None:
+                if link.expires < self._clock():  # expired, not swept yet
+                    return RetiredLink(EXPIRED, link.email, link.next_path, link.expires)
+                return None
+            return self._retired.get(digest)
 
     def __len__(self):
         with self._lock:
             return len(self._links)
 
+    def _retire_contact(self, link):
+        """A link was used: it and every other link of its contact are used up (caller holds the lock)."""
+        self._retire([digest for digest, other in self._links.items() if other.contact_id == link.contact_id], USED)
+
+    def _retire(self, digests, reason):
+        """Move these links to the record of retired tokens (caller holds the lock)."""
+        now = self._clock()
+        addresses = set()
+        for digest in digests:
+            link = self._links.pop(digest)
+            addresses.add(_address(link.email))
+            while len(self._retired) >= MAX_RETIRED_LINKS:
+                self._retired.popitem(last=False)
+            self._retired[digest] = RetiredLink(reason, link.email, link.next_path, now)
+        addresses.difference_update(_address(link.email) for link in self._links.values())
+        for address in addresses:  # no links left: nothing more to guess at
+            self._wrong_codes.pop(address, None)
+
     def _sweep_if_due(self):
-        _sweep(self, self._links, lambda link, now: link.expires < now)
+        now = self._clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL_SECONDS
+        self._retire([digest for digest, link in self._links.items() if link.expires < now], EXPIRED)
+        for digest in [d for d, old in self._retired.items() if old.retired_at < now - RETIRED_LINK_SECONDS]:
+            del self._retired[digest]
+        # Links dropped at the cap leave counters behind; they go here.
+        with_links = {_address(link.email) for link in self._links.values()}
+        for address in [a for a in self._wrong_codes if a not in with_links]:
+            del self._wrong_codes[address]
 
 
 # ---------------------------------------------------------------------------

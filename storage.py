@@ -171,11 +171,28 @@ class StateFile:
                 "ON CONFLICT (ticket_id) DO UPDATE SET message_id = excluded.message_id, seen_at = excluded.seen_at "
                 "WHERE excluded.message_id > message_id",
                 (int(ticket_id), int(message_id), self._clock()))
+            self._purge_if_due(self._clock())
 
     def seen_message_id(self, ticket_id):
         with self._lock:
             row = self._db.execute("SELECT message_id FROM ticket_seen WHERE ticket_id = ?", (int(ticket_id),)).fetchone()
         return row[0] if row else 0
+
+    def seen_message_ids(self, ticket_ids):
+        """{ticket id: newest message id seen} for the tickets of one dashboard page."""
+        ids = [int(t) for t in ticket_ids]
+        with self._lock:
+            return dict(self._db.execute(
+                f"SELECT ticket_id, message_id FROM ticket_seen WHERE ticket_id IN ({','.join('?' * len(ids))})",
+                ids).fetchall()) if ids else {}
+
+    def agent_reply_ids(self, ticket_ids):
+        """{ticket id: newest agent reply Chatwoot's webhook told of} (queued, mailed or not)."""
+        ids = [int(t) for t in ticket_ids]
+        with self._lock:
+            return dict(self._db.execute(
+                f"SELECT ticket_id, MAX(message_id) FROM notification WHERE ticket_id IN ({','.join('?' * len(ids))}) "
+                "GROUP BY ticket_id", ids).fetchall()) if ids else {}
 
     # -- housekeeping -----------------------------------------------------------
 

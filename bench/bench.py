@@ -104,6 +104,11 @@ class Bench:
             self.fake.add_message(self.long_ticket, text, "incoming" if m % 2 == 0 else "outgoing")
         self.fake.add_conversation(other, self.inbox, "Someone else's", "open")
         self.burst_contact = self.fake.add_contact("Burst Customer", "burst@example.com")
+        # A customer with a long history: 500 tickets, a third of them still open.
+        self.big_contact = self.fake.add_contact("Busy Customer", "busy@example.com")
+        for n in range(500):
+            self.fake.add_conversation(self.big_contact, self.inbox, f"Order {n} question",
+                                       "open" if n % 3 == 0 else "resolved")
         self.mailbox = Mailbox()
         smtp_port = free_port()
         self.smtp = Controller(self.mailbox, hostname="127.0.0.1", port=smtp_port)
@@ -144,9 +149,9 @@ class Bench:
     def browser(self):
         return Browser("127.0.0.1", self.port)
 
-    def sign_in(self):
+    def sign_in(self, address="jane@example.com"):
         browser = self.browser()
-        page = browser.submit(browser.get("/portal/"), "/auth/request", email="jane@example.com")
+        page = browser.submit(browser.get("/portal/"), "/auth/request", email=address)
         text = self.mailbox.messages[-1].get_body(("plain",)).get_content()
         link = re.search(r"http://\S+/auth/verify\?token=[\w-]+", text).group(0)
         page = browser.get(urllib.parse.urlsplit(link)._replace(scheme="", netloc="").geturl())
@@ -390,6 +395,17 @@ def main():
         logged = bench.logged_page_times(30)
         long_inside = statistics.median(total for total, _ in logged)
         long_own = statistics.median(total - upstream for total, upstream in logged)
+        bench.fake.delay = delay
+        busy = bench.sign_in("busy@example.com")
+        big_pages = []
+        for name, path in (("first page (open)", "/portal/dashboard"),
+                           ("page 14 of all", "/portal/dashboard?status=all&page=14"),
+                           ("subject search", "/portal/dashboard?status=all&q=order+4")):
+            bench.fake.reset_calls()
+            busy.get(path)
+            calls = len(bench.fake.calls)
+            big_pages.append((name, calls, statistics.median(bench.sequential(busy, path, 50))))
+        bench.fake.delay = 0
         peak_before_flood = rss_kib(bench.process.pid, "VmHWM")
         flood_before, flood_after, statuses, flood_seconds = bench.flood(args.flood, args.concurrency)
         _, flood_again, _, _ = bench.flood(args.flood, args.concurrency, offset=args.flood)
@@ -410,6 +426,10 @@ def main():
         p50 = statistics.median(seq)
         print(f"| {name} | {p50:.1f} | {percentile(seq, 0.95):.1f} | {statistics.median(conc):.1f} | "
               f"{percentile(conc, 0.95):.1f} | {rps:.0f} | {p50 - args.delay_ms:.1f} | {instant[name]:.1f} |")
+    print(f"\nDashboard of a contact with 500 tickets (fake Chatwoot, {args.delay_ms:g} ms per call)")
+    print("| page | Chatwoot calls | p50 ms |\n| --- | --- | --- |")
+    for name, calls, p50 in big_pages:
+        print(f"| {name} | {calls} | {p50:.1f} |")
     print(f"\nA 500-message ticket page with an instant upstream: {long_page:.1f} ms p50 at the client, "
           f"{long_inside:.1f} ms inside the portal, of which {long_own:.1f} ms is the portal's own work "
           "after the calls (filtering, Markdown, rendering); the rest is the two calls, JSON decoding included")

@@ -532,8 +532,10 @@ def test_sign_in_dashboard_ticket_and_new_ticket_pages_have_no_serious_axe_viola
     choose_language(browser, lang)
     assert_accessible(browser, "sign-in", form=True)
     sign_in(browser, smtp, lang)
-    assert len(browser.find_all(".ticket-item")) == len(tickets)
     assert_accessible(browser, "dashboard")
+    browser.open("/portal/dashboard?status=all")  # the status tabs, every badge
+    assert len(browser.find_all(".ticket-item")) == len(tickets)
+    assert_accessible(browser, "dashboard, every status")
     browser.open(f"/portal/tickets/{tickets['fire']}")
     assert len(browser.find_all(".thread .message")) == 3
     browser.find("details.cancel-box summary").click()  # the danger button is checked too

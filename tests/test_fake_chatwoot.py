@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import namedtuple
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode, urlsplit
 
@@ -559,6 +560,150 @@ def test_inboxes_are_listed_and_shown(fake, world):
     assert call(fake, "GET", "inboxes/99").status == 404
 
 
+# -- the public CSAT survey endpoints (§12; part 2 §6.2) ---------------------------
+
+CSAT_RESPONSE_KEYS = {"id", "csat_survey_response", "display_type", "content", "inbox_avatar_url",
+                      "inbox_name", "locale", "conversation_id", "created_at"}
+
+
+@pytest.fixture
+def survey(fake, world):
+    """(conversation, survey message id, uuid): Jane's resolved ticket with Chatwoot's survey."""
+    display_id = fake.add_conversation(world["jane"], world["api"], "Printer on fire", "resolved",
+                                       assignee_id=fake.default_agent_id)
+    fake.add_message(display_id, "It burns", "incoming")
+    message_id = fake.add_message(display_id, "Please rate the conversation", "template",
+                                  content_type="input_csat", content_attributes={"display_type": "star"})
+    return display_id, message_id, fake.conversation(display_id)["uuid"]
+
+
+def csat_path(conversation_uuid):
+    return f"/public/api/v1/csat_survey/{conversation_uuid}"
+
+
+def csat_answer(rating, feedback="Thanks!"):
+    return {"message": {"submitted_values": {"csat_survey_response": {"rating": rating, "feedback_message": feedback}}}}
+
+
+def test_csat_survey_show_needs_no_token_and_has_the_jbuilder_shape(fake, survey, clock):
+    display_id, message_id, conversation_uuid = survey
+    reply = call(fake, "GET", csat_path(conversation_uuid), token=None)
+    assert reply.status == 200
+    assert set(reply.body) == CSAT_RESPONSE_KEYS
+    assert (reply.body["id"], reply.body["csat_survey_response"], reply.body["display_type"]) == (message_id, None, "star")
+    assert (reply.body["content"], reply.body["inbox_name"], reply.body["locale"]) \
+        == ("Please rate the conversation", "Customer Portal", "en")
+    assert reply.body["conversation_id"] == display_id  # the fake's stand-in for the database id
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", reply.body["created_at"])
+    assert fake.public_requests == [{"method": "GET", "path": csat_path(conversation_uuid), "token": False}]
+    assert fake.calls[-1][:2] == ("GET", csat_path(conversation_uuid))
+
+
+def test_csat_survey_of_an_unknown_uuid_or_a_conversation_without_survey_is_rails_not_found(fake, survey, world):
+    plain = fake.add_conversation(world["jane"], world["api"], "No survey")
+    fake.add_message(plain, "Please rate the conversation", "template")  # a template, but not input_csat
+    for conversation_uuid in (str(uuid.uuid4()), fake.conversation(plain)["uuid"]):
+        for method, body in (("GET", None), ("PUT", csat_answer(5)), ("PATCH", csat_answer(5))):
+            reply = call(fake, method, csat_path(conversation_uuid), body, token=None)
+            assert (reply.status, reply.body) == (404, {"status": 404, "error": "Not Found"})
+    assert fake.csat_responses == []
+
+
+def test_csat_survey_update_stores_submitted_values_in_the_message_before_any_record(fake, survey):
+    display_id, message_id, conversation_uuid = survey
+    reply = call(fake, "PUT", csat_path(conversation_uuid), csat_answer(4, "Quick and kind."), token=None)
+    assert reply.status == 200 and set(reply.body) == CSAT_RESPONSE_KEYS
+    # CsatSurveyResponse is built in a background job: the first answer has none yet.
+    assert reply.body["csat_survey_response"] is None
+    submitted = {"csat_survey_response": {"rating": 4, "feedback_message": "Quick and kind."}}
+    stored = next(m for m in fake.messages_of(display_id) if m["id"] == message_id)
+    assert stored["content_attributes"] == {"display_type": "star", "submitted_values": submitted}
+    assert fake.csat_responses == [{"uuid": conversation_uuid, "conversation_id": display_id,
+                                    "message_id": message_id, "submitted_values": submitted}]
+    # The thread shows it as Chatwoot does: in the message's content_attributes.
+    listed = call(fake, "GET", f"conversations/{display_id}/messages").body["payload"]
+    assert next(m for m in listed if m["id"] == message_id)["content_attributes"]["submitted_values"] == submitted
+    record = call(fake, "GET", csat_path(conversation_uuid), token=None).body["csat_survey_response"]
+    assert (record["rating"], record["feedback_message"], record["message_id"]) == (4, "Quick and kind.", message_id)
+
+
+def test_csat_survey_patch_updates_the_one_record_and_answers_it_as_it_was(fake, survey, world):
+    display_id, message_id, conversation_uuid = survey
+    call(fake, "PUT", csat_path(conversation_uuid), csat_answer(4, "Good."), token=None)
+    first = fake.csat_record(display_id)
+    reply = call(fake, "PATCH", csat_path(conversation_uuid), csat_answer(2, "Burns again."), token=None)
+    assert reply.status == 200
+    assert (reply.body["csat_survey_response"]["rating"], reply.body["csat_survey_response"]["id"]) == (4, first["id"])
+    record = fake.csat_record(display_id)
+    assert (record["id"], record["rating"], record["feedback_message"]) == (first["id"], 2, "Burns again.")
+    assert (record["contact_id"], record["assigned_agent_id"], record["conversation_id"]) \
+        == (world["jane"], fake.default_agent_id, display_id)
+    assert len(fake.csat_responses) == 2
+
+
+def test_csat_survey_locks_after_14_days_of_utc_dates(fake, survey, clock):
+    display_id, message_id, conversation_uuid = survey
+    sent = datetime.fromtimestamp(clock.now, timezone.utc)
+    midnight_after_day_14 = datetime(sent.year, sent.month, sent.day, tzinfo=timezone.utc) + timedelta(days=15)
+    clock.now = midnight_after_day_14.timestamp() - 1  # still the 14th day after
+    assert call(fake, "PUT", csat_path(conversation_uuid), csat_answer(3), token=None).status == 200
+    clock.now = midnight_after_day_14.timestamp()  # the 15th
+    before = fake.messages_of(display_id)
+    reply = call(fake, "PUT", csat_path(conversation_uuid), csat_answer(5), token=None)
+    assert (reply.status, reply.body) == (422, {"error": "You cannot update the CSAT survey after 14 days"})
+    assert fake.messages_of(display_id) == before and len(fake.csat_responses) == 1
+    assert call(fake, "GET", csat_path(conversation_uuid), token=None).status == 200  # reading stays open
+
+
+@pytest.mark.parametrize("rating", [0, 6, "x", None])
+def test_csat_rating_chatwoot_would_not_validate_is_stored_in_the_message_but_builds_no_record(fake, survey, rating):
+    display_id, message_id, conversation_uuid = survey
+    reply = call(fake, "PUT", csat_path(conversation_uuid), csat_answer(rating, "Odd"), token=None)
+    assert reply.status == 200  # the PUT only updates the message
+    stored = next(m for m in fake.messages_of(display_id) if m["id"] == message_id)
+    assert stored["content_attributes"]["submitted_values"]["csat_survey_response"]["rating"] == rating
+    assert fake.csat_record(display_id) is None
+
+
+def test_csat_survey_update_keeps_only_the_permitted_parameters(fake, survey):
+    display_id, message_id, conversation_uuid = survey
+    body = {"message": {"content": "changed?", "submitted_values": {
+        "csat_survey_response": {"rating": 5, "feedback_message": "Yes", "csat_review_notes": "forged"},
+        "name": "n", "extra": "dropped", "value": {"nested": "dropped"}}}}
+    assert call(fake, "PUT", csat_path(conversation_uuid), body, token=None).status == 200
+    stored = next(m for m in fake.messages_of(display_id) if m["id"] == message_id)
+    assert stored["content"] == "Please rate the conversation"
+    assert stored["content_attributes"]["submitted_values"] == {
+        "name": "n", "csat_survey_response": {"rating": 5, "feedback_message": "Yes"}}
+    assert fake.csat_record(display_id)["csat_review_notes"] is None
+    assert call(fake, "PUT", csat_path(conversation_uuid), {"other": 1}, token=None).status == 500  # update!(nil)
+
+
+def test_csat_record_leaks_agents_review_notes_and_ids_to_anyone_with_the_uuid(fake, survey, world):
+    display_id, message_id, conversation_uuid = survey
+    with pytest.raises(ValueError):
+        fake.review_csat(display_id, "too early: nothing rated")
+    call(fake, "PUT", csat_path(conversation_uuid), csat_answer(1, "Awful"), token=None)
+    fake.review_csat(display_id, "Customer is on the churn list")
+    record = call(fake, "GET", csat_path(conversation_uuid), token=None).body["csat_survey_response"]
+    assert {"id", "account_id", "conversation_id", "message_id", "rating", "feedback_message", "contact_id",
+            "assigned_agent_id", "created_at", "updated_at", "csat_review_notes", "review_notes_updated_at",
+            "review_notes_updated_by_id"} == set(record)
+    assert (record["csat_review_notes"], record["review_notes_updated_by_id"], record["contact_id"]) \
+        == ("Customer is on the churn list", fake.default_agent_id, world["jane"])
+
+
+def test_public_requests_record_a_token_sent_and_obey_faults(fake, survey):
+    display_id, message_id, conversation_uuid = survey
+    assert call(fake, "GET", csat_path(conversation_uuid)).status == 200  # a token is ignored...
+    assert fake.public_requests[-1]["token"] is True  # ...but recorded: a client that sends it leaks it
+    assert fake.blob_requests == []
+    fake.set_fault("status", 503, count=1)
+    assert call(fake, "PUT", csat_path(conversation_uuid), csat_answer(5), token=None).status == 503
+    assert fake.csat_responses == []
+    assert call(fake, "GET", "/public/api/v1/csat_survey").status == 404  # no such route
+
+
 # -- fault injection and the call log -------------------------------------------
 
 
@@ -665,6 +810,26 @@ def test_seed_demo_gives_jane_tickets_in_every_status_and_both_inboxes(fake):
     messages = [m for t in tickets for m in fake.messages_of(t["id"])]
     assert any(m["private"] for m in messages) and any(m["message_type"] == 2 for m in messages)
     assert any(m["message_type"] == 1 and not m["private"] for m in messages)
+
+
+def test_seed_demo_printer_thread_has_a_png_photo_and_a_pdf_served_from_blob_urls(fake):
+    jane = fake.seed_demo()["contacts"]["jane@example.com"]
+    fire = next(t for t in call(fake, "GET", f"contacts/{jane}/conversations").body["payload"]
+                if t["additional_attributes"].get("mail_subject") == "Printer on fire")
+    assert fire["priority"] == "high"
+    messages = call(fake, "GET", f"conversations/{fire['id']}/messages").body["payload"]
+    files = {a["content_type"]: a for m in messages for a in m.get("attachments", [])}
+    assert set(files) == {"image/png", "application/pdf"}
+    assert (files["image/png"]["file_type"], files["image/png"]["width"], files["image/png"]["height"]) \
+        == ("image", 480, 320)
+    for content_type, signature in (("image/png", b"\x89PNG\r\n\x1a\n"), ("application/pdf", b"%PDF-")):
+        redirect = call(fake, "GET", urlsplit(files[content_type]["data_url"]).path, token=None)
+        assert redirect.status == 302
+        download = call(fake, "GET", urlsplit(redirect.headers.getheader("Location")).path, token=None)
+        assert (download.status, download.headers.getheader("Content-Type")) == (200, content_type)
+        assert download.raw.startswith(signature)
+        assert len(download.raw) == files[content_type]["file_size"]
+    assert download.raw.rstrip().endswith(b"%%EOF")
 
 
 # -- webhooks (§9; part 2 §3) -----------------------------------------------------

@@ -120,10 +120,12 @@ def jane(portal, smtp, fake):
 # CSRF: every POST route
 # ---------------------------------------------------------------------------
 
-def _forged_fields(route, ticket, token):
+def _forged_fields(route, ticket, token, code):
     return {
         "/auth/request": {"email": "bob@example.com", "next": ""},
         "/auth/verify": {"token": token},
+        "/auth/code": {"email": "bob@example.com", "code": code},
+        "/tickets/N/rating": {"rating": "1", "feedback": "Forged rating"},
         "/tickets": {"subject": "Forged", "message": "Forged ticket", "form_id": "forged-1"},
         "/tickets/N/reply": {"message": "Forged reply", "form_id": "forged-2"},
         "/tickets/N/cancel": {},
@@ -132,8 +134,8 @@ def _forged_fields(route, ticket, token):
     }[route]
 
 
-POST_ROUTES = ["/auth/request", "/auth/verify", "/tickets", "/tickets/N/reply", "/tickets/N/cancel",
-               "/lang", "/logout"]
+POST_ROUTES = ["/auth/request", "/auth/verify", "/auth/code", "/tickets", "/tickets/N/reply", "/tickets/N/cancel",
+               "/tickets/N/rating", "/lang", "/logout"]
 FORGERIES = ["missing", "wrong", "from another browser", "without the csrf cookie"]
 
 
@@ -146,11 +148,12 @@ def test_a_post_without_a_valid_csrf_token_is_refused_and_changes_nothing(portal
     other.submit(other.get(portal.url("/")), "/auth/request", email="bob@example.com")
     bob_link = local(smtp.link_for("bob@example.com"))
     token = urllib.parse.parse_qs(urllib.parse.urlsplit(bob_link).query)["token"][0]
+    code = re.search(r"\b(\d{3}) (\d{3})\b", smtp.messages[-1].get_body(("plain",)).get_content()).group(0)
     mails_before = len(smtp.messages)
     messages_before = len(fake.messages_of(ticket))
     cookies_before = dict(browser.cookies)
 
-    fields = _forged_fields(route, ticket, token)
+    fields = _forged_fields(route, ticket, token, code)
     sender = browser
     if forgery == "wrong":
         real = csrf_of(page)
@@ -697,3 +700,12 @@ def test_a_session_cookie_with_non_ascii_characters_just_means_signed_out(portal
     raw_cookie = "portal_session=abc.\u00e9\u00e9".encode("utf-8").decode("latin-1")
     page = browser.request("GET", portal.url("/dashboard"), headers={"Cookie": raw_cookie})
     assert page.status == 200 and "/portal/?" in page.url
+
+
+def test_every_post_route_but_the_self_authenticated_webhook_is_in_the_csrf_test():
+    import portal as portal_module
+
+    routes = {portal_module._route_label(pattern).replace(":ticket_id", "N")
+              for method, pattern, handler in portal_module.ROUTES
+              if method == "POST" and handler not in portal_module.SELF_AUTHENTICATED}
+    assert routes == set(POST_ROUTES)

@@ -461,7 +461,7 @@ def test_an_expired_link_is_refused(portal, smtp, clock):
     page = browser.get(local(smtp.link_for("jane@example.com")))
     assert page.status == 400
     assert "This sign-in link no longer works" in page
-    assert f"expire after {MAGIC_LINK_MINUTES} minutes" in page
+    assert f"This link has expired: links work for {MAGIC_LINK_MINUTES} minutes" in page
     assert not page.forms or not any(f.action.endswith("/auth/verify") for f in page.forms)
 
 

@@ -815,7 +815,7 @@ def test_a_conversation_without_a_readable_owner_is_no_ticket(item):
 
 CLIENT_CALLS = {
     "find_contact_by_email": lambda c: c.find_contact_by_email("jane@example.com"),
-    "list_tickets": lambda c: c.list_tickets(17),
+    "ticket_page": lambda c: c.ticket_page(17),
     "get_ticket": lambda c: c.get_ticket(42),
     "get_ticket_with_thread": lambda c: c.get_ticket_with_thread(42),
     "create_ticket": lambda c: c.create_ticket(17, 4, "Subject", "Message"),

@@ -886,8 +886,11 @@ def _public_messages(raw_messages):
         if not content and not attachments:
             continue
         sender = raw.get("sender") if isinstance(raw.get("sender"), dict) else {}
-        # REST says sender.type "user"; the push shape says sender_type "User".
-        by_agent = message_type == OUTGOING and (sender.get("type") == "user" or raw.get("sender_type") == "User")
+        # REST says sender.type "user"; the push shape says sender_type "User". A reply
+        # the agent deleted ("This message was deleted") is no reply to mail about.
+        attributes = raw.get("content_attributes") if isinstance(raw.get("content_attributes"), dict) else {}
+        by_agent = (message_type == OUTGOING and (sender.get("type") == "user" or raw.get("sender_type") == "User")
+                    and attributes.get("deleted") is not True)
         messages.append(Message(
             id=_int(raw.get("id")),
             from_customer=message_type == INCOMING,

@@ -569,3 +569,18 @@ def test_the_portal_refuses_to_start_without_a_usable_state_folder(fake, smtp, t
     assert result.returncode == 2
     assert "STATE_DIR" in result.stderr and "Traceback" not in result.stderr
 
+
+
+def test_a_reply_the_agent_deleted_before_the_mail_went_out_is_not_mailed(fake, smtp, clock, printer):
+    running = start_notifying(fake, smtp, clock, NOTIFY_DELAY_SECONDS="1")
+    try:
+        fake.add_webhook(running.webhook_url, secret=WEBHOOK_SECRET)
+        message = fake.add_message(printer, "Oops, wrong customer.", "outgoing")
+        fake.wait_for_deliveries(1)
+        with fake._lock:  # what Chatwoot does when an agent deletes a message
+            fake._messages[message]["content"] = "This message was deleted"
+            fake._messages[message]["content_attributes"] = {"deleted": True}
+        assert settled(running) == {"skipped": 1}
+        assert smtp.messages == []
+    finally:
+        running.close()

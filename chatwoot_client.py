@@ -126,6 +126,9 @@ class Ticket:
     # closed: it waits on the customer (Chatwoot's waiting_since is cleared by the
     # first human reply, and set again by the customer's next message).
     waiting_on_customer: bool = False
+    # When a snoozed ticket wakes up (unix seconds); 0 without a date: snoozed
+    # until the customer's next message, or an answer we could not read.
+    snoozed_until: int = 0
     # The newest public agent reply the list shows (0: none seen in this answer).
     last_agent_reply_id: int = 0
     # The conversation's uuid: the public API's only credential (part 2 §6.2), so
@@ -552,8 +555,20 @@ class ChatwootClient:
             if error.status == 401:
                 return [f"Chatwoot refused the API token or account ({error.message}); "
                         "use an administrator's access token and the right CHATWOOT_ACCOUNT_ID"]
+            # nginx answers plain HTTP on its TLS port with 400 "The plain HTTP request
+            # was sent to HTTPS port".
+            if error.status == 400 and not self._https and self._speaks_tls():
+                return [self._wrong_scheme()]
             return [f"Chatwoot rejected a contact lookup: {error}"]
         except ChatwootUnavailable as error:
+            # https:// to a plain port fails in the handshake (WRONG_VERSION_NUMBER); http://
+            # to a TLS port gets a closed connection or garbage. Either way, ask the port
+            # in the other scheme, unless it timed out: that says nothing about the scheme,
+            # and a second try would double the wait. (`raise ... from None` hides the
+            # cause from tracebacks but keeps it as __context__.)
+            if not isinstance(error.__context__, TimeoutError) and (
+                    self._speaks_plain_http() if self._https else self._speaks_tls()):
+                return [self._wrong_scheme()]
             return [f"Chatwoot is not reachable at the configured CHATWOOT_URL: {error}"]
         try:
             inbox = self._call("GET", f"/inboxes/{int(inbox_id)}")
@@ -565,6 +580,39 @@ class ChatwootClient:
         if channel and channel != API_CHANNEL:
             return [f"Inbox {inbox_id} is a {channel} inbox; new tickets need an API-type inbox"]
         return self._check_role()
+
+    def _wrong_scheme(self):
+        """CHATWOOT_URL's scheme is the other one than the server speaks: the URL to use."""
+        wrong, right = ("https", "http") if self._https else ("http", "https")
+        speaks = "plain HTTP" if right == "http" else "HTTPS (TLS)"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        url = f"{right}://{host}:{self._port}{self._api[: -len('/api/v1')]}"
+        return f"CHATWOOT_URL starts with {wrong}://, but this server speaks {speaks}: use {url}"
+
+    def _speaks_plain_http(self):
+        """Whether CHATWOOT_URL's host and port answer a plain HTTP request."""
+        try:
+            with socket.create_connection((self._host, self._port), timeout=self.timeout) as probe:
+                probe.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+                return probe.makefile("rb").readline(64).startswith(b"HTTP/")
+        except OSError:
+            return False
+
+    def _speaks_tls(self):
+        """Whether CHATWOOT_URL's host and port complete a TLS handshake.
+
+        The certificate is not checked: this only asks which scheme the port speaks,
+        and sends nothing over it. Calls over https:// verify it as always.
+        """
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with socket.create_connection((self._host, self._port), timeout=self.timeout) as raw:
+                with context.wrap_socket(raw, server_hostname=self._host):
+                    return True
+        except OSError:
+            return False
 
     def _check_role(self):
         """An agent's token silently misses inboxes it is not a member of (contract §1.2)."""
@@ -853,7 +901,21 @@ def _ticket(item):
                                                              *(item.get("messages") or ()))
                                  if _is_agent_reply(m)), default=0),
         uuid=item["uuid"] if isinstance(item.get("uuid"), str) else "",
+        snoozed_until=_iso_seconds(item.get("snoozed_until")) if status == "snoozed" else 0,
     )
+
+
+def _iso_seconds(value):
+    """Unix seconds of Chatwoot's ISO time ("2026-06-09T10:13:20.000Z", contract §4), else 0."""
+    if not isinstance(value, str):
+        return 0
+    try:
+        moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    if moment.tzinfo is None:  # Rails writes UTC
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp())
 
 
 def _is_agent_reply(raw):

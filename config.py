@@ -4,10 +4,13 @@ Settings come from the process environment and from a `.env` file in the working
 directory where one exists; the environment wins, so systemd's EnvironmentFile and a
 shell `export` both override the file. Every problem is collected and reported
 together (by start-up and by `python portal.py --check`), naming the setting and
-what is wrong with it, never its value when the value is a secret.
+what is wrong with it, never its value when the value is a secret. Warnings (a
+misspelt name such as SMTP_ADDRES, a password sent unencrypted) are collected the
+same way and shown once, at start-up or by --check.
 """
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import urllib.parse
@@ -26,13 +29,28 @@ BRAND_FILES = ("logo.png", "logo_thumbnail.png")
 # Chatwoot's own webhook secrets are 24 characters; one made up for the URL
 # must not be guessable either.
 MIN_WEBHOOK_SECRET_LENGTH = 16
+# An unknown name this close to a setting's (difflib's ratio) is taken for a typo:
+# SMTP_ADDRES, CHATWOT_URL and SMTP_PASS are caught, SMTP_HOST (which would
+# suggest SMTP_PORT) is not.
+TYPO_CUTOFF = 0.8
+# The environment holds much besides the portal's settings (PATH, SESSION_MANAGER,
+# other services'), so only names with these prefixes are checked for typos there;
+# every name in .env is, as that file is the portal's own.
+TYPO_PREFIXES = ("CHATWOOT_", "SMTP_", "PORTAL_", "WEBHOOK_", "NOTIFY_", "ATTACHMENT_")
+# SMTP_SECURITY=none sends SMTP_PASSWORD in the clear; harmless only on this host.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ConfigError(Exception):
-    """Raised with every problem found, one per line."""
+    """Raised with every problem found, one per line; `warnings` are found alongside.
 
-    def __init__(self, problems):
+    A misspelt name in .env often is the problem ("SMTP_ADDRESS is required" next to
+    SMTP_ADDRES), so the warnings are reported with the problems.
+    """
+
+    def __init__(self, problems, warnings=()):
         self.problems = list(problems)
+        self.warnings = list(warnings)
         super().__init__("\n".join(self.problems))
 
 
@@ -150,9 +168,10 @@ def read_dotenv(path):
 def load_config(environ=None, dotenv_path=".env"):
     """Build the Config, or raise ConfigError listing every problem at once."""
     environ = os.environ if environ is None else environ
-    raw = read_dotenv(dotenv_path) if dotenv_path else {}
+    dotenv = read_dotenv(dotenv_path) if dotenv_path else {}
+    raw = dict(dotenv)
     raw.update({key: value for key, value in environ.items() if key in _BY_NAME})
-    problems, warnings = [], []
+    problems, warnings = [], _misspelt_names(dotenv, environ)
 
     def get(name):
         setting = _BY_NAME[name]
@@ -210,12 +229,18 @@ def load_config(environ=None, dotenv_path=".env"):
     smtp_password = get("SMTP_PASSWORD")
     if smtp_username and not smtp_password:
         problems.append("SMTP_PASSWORD is required when SMTP_USERNAME is set")
+    smtp_address = get("SMTP_ADDRESS")
+    if (security == "none" and smtp_username and smtp_password and smtp_address
+            and smtp_address.lower().strip("[]") not in LOCAL_HOSTS):
+        warnings.append(f"SMTP_SECURITY is none, so SMTP_PASSWORD is sent unencrypted to {smtp_address}; "
+                        "use port 587 with SMTP_SECURITY=starttls or 465 with ssl (none only for a relay "
+                        "on this host: localhost, 127.0.0.1 or ::1)")
     smtp_from = get("SMTP_FROM")
     if smtp_from and "@" not in smtp_from:
         problems.append(f"SMTP_FROM must be an e-mail address, not {smtp_from!r}")
     elif not smtp_from:
-        host = urllib.parse.urlsplit(portal_url).hostname or "localhost"
-        smtp_from = smtp_username if "@" in smtp_username else f"no-reply@{host}"
+        portal_host = urllib.parse.urlsplit(portal_url).hostname or "localhost"
+        smtp_from = smtp_username if "@" in smtp_username else f"no-reply@{portal_host}"
         if smtp_from != smtp_username:
             warnings.append(f"SMTP_FROM is not set; sign-in mails come from {smtp_from}")
 
@@ -259,7 +284,7 @@ def load_config(environ=None, dotenv_path=".env"):
         session_secret=secret,
         session_idle_minutes=integer("SESSION_IDLE_MINUTES", 1, 24 * 60),
         magic_link_minutes=integer("MAGIC_LINK_MINUTES", 1, 24 * 60),
-        smtp_address=get("SMTP_ADDRESS"),
+        smtp_address=smtp_address,
         smtp_port=integer("SMTP_PORT", 1, 65535),
         smtp_username=smtp_username,
         smtp_password=smtp_password,
@@ -276,7 +301,7 @@ def load_config(environ=None, dotenv_path=".env"):
         warnings=tuple(warnings),
     )
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     return config
 
 
@@ -292,6 +317,25 @@ def _origin(value, name, problems, allow_path=False):
     elif parts.query or parts.fragment:
         problems.append(f"{name} must not carry a query or fragment: {value!r}")
     return value.rstrip("/")
+
+
+def _misspelt_names(dotenv, environ):
+    """A warning for each unknown name that looks like a setting, with the closest one.
+
+    Such a line is ignored, so the setting it meant keeps its default or is missing.
+    """
+    names = dict.fromkeys(dotenv)  # .env first: a name in both is reported as in .env
+    names.update(dict.fromkeys(key for key in environ if key.upper().startswith(TYPO_PREFIXES)))
+    warnings = []
+    for name in names:
+        if name in _BY_NAME:
+            continue
+        match = difflib.get_close_matches(name.upper(), _BY_NAME, n=1, cutoff=TYPO_CUTOFF)
+        if match:
+            where = ".env" if name in dotenv else "the environment"
+            warnings.append(f"{name} in {where} is not a setting of the portal and is ignored; "
+                            f"did you mean {match[0]}?")
+    return warnings
 
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

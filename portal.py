@@ -9,9 +9,13 @@ check CSRF on every POST, run the handler, turn known errors into localized page
 log one line. Handlers parse input, call `chatwoot_client`, render a template; only
 `chatwoot_client` talks to Chatwoot and only `mailer` opens SMTP. Chatwoot's webhook
 is checked by `webhooks` and queued by `notifications`, whose state is in `storage`.
+Nothing typed is lost: a form refused by its CSRF check or for its size comes back
+filled in (the text of an oversized body read back by `oversize`), and text typed
+as the session ended waits in `drafts` until the customer signs in again.
 """
 
 import argparse
+import base64
 import hashlib
 import hmac
 import http
@@ -30,9 +34,12 @@ import urllib.parse
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 import attachments
+import drafts
 import i18n
+import oversize
 import webhooks
 from chatwoot_client import PRIORITIES, STATUS_GROUPS, ChatwootClient, ChatwootError, ChatwootNotFound, ChatwootUnavailable
 from chatwoot_client import CSAT_RATINGS, ChatwootRejected
@@ -70,6 +77,9 @@ SESSION_COOKIE = "portal_session"
 CSRF_COOKIE = "portal_csrf"
 LANG_COOKIE = "portal_lang"
 LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
+# The address of this browser's session, bound to its id: prefills the sign-in
+# form once the session has ended. Lives as long as the session cookie does.
+ADDRESS_COOKIE = "portal_address"
 
 # One line per content type; nothing inline, so an injected <script> or style
 # attribute cannot run even if escaping ever failed.
@@ -136,6 +146,13 @@ class HTTPError(Exception):
         self.status, self.heading_key, self.message_key, self.headers = status, heading_key, message_key, headers
 
 
+class BodyTooLarge(HTTPError):
+    """A body announced larger than the limit, refused before any of it was read."""
+
+    def __init__(self):
+        super().__init__(413, "error_too_large_heading", "error_too_large")
+
+
 class Redirect(Exception):
     """Raised deep inside a handler (require_session) to send the browser elsewhere."""
 
@@ -196,7 +213,7 @@ class Request:
         except ValueError:
             raise HTTPError(400, "error_heading", "error_method") from None
         if length > limit:
-            raise HTTPError(413, "error_too_large_heading", "error_too_large")
+            raise BodyTooLarge()
         return length
 
     def close(self):
@@ -236,7 +253,8 @@ class Request:
 def upload_body_limit(max_files, max_file_bytes):
     """The largest multipart body read: room for twice the allowed files (so a
     customer who picked too many still gets the form back with their text) and
-    the text fields. waitress refuses larger bodies itself (see server_options)."""
+    the text fields. waitress reads no more of a larger body than its text (see
+    server_options and oversize)."""
     return 2 * max_files * max_file_bytes + MAX_BODY_BYTES
 
 
@@ -333,6 +351,9 @@ ROUTES = [
 SELF_AUTHENTICATED = {"chatwoot_webhook"}
 # Handlers whose multipart forms may carry files (attachments.read_upload_form).
 TAKES_FILES = {"create_ticket", "reply"}
+# Handlers whose forms come back filled in when the CSRF check fails or the body
+# is too large, instead of an error page that loses the text (Portal.posted_form_again).
+KEEPS_TEXT = {"create_ticket", "reply", "rate"}
 COMPILED_ROUTES = [(method, re.compile(pattern), handler) for method, pattern, handler in ROUTES]
 
 
@@ -355,6 +376,9 @@ class Portal:
         self.clock = clock  # also decides whether a CSAT survey still takes a rating
         self.sessions = SessionStore(config.session_idle_minutes * 60, clock)
         self.magic_links = MagicLinkStore(config.magic_link_minutes * 60, clock, self.signer)
+        # Text typed as a session ended: kept while the customer asks for a link
+        # (as long again as a link lives) and uses it.
+        self.drafts = drafts.DraftStore(2 * config.magic_link_minutes * 60, clock, MESSAGE_MAX_CHARS)
         self.limit_by_address = RateLimiter(*SIGNIN_PER_ADDRESS, clock=clock)
         self.limit_by_ip = RateLimiter(*SIGNIN_PER_IP, clock=clock)
         self.cookie_path = config.base_path or "/"
@@ -456,12 +480,20 @@ class Portal:
                 return getattr(self, handler_name)(request)
             request.session = self.current_session(request)
             if method == "POST":
-                if handler_name in TAKES_FILES:
-                    request.read_form(self.config.attachment_max_files, self.config.attachment_max_bytes)
-                else:
-                    request.read_form()
+                try:
+                    if handler_name in TAKES_FILES:
+                        request.read_form(self.config.attachment_max_files, self.config.attachment_max_bytes)
+                    else:
+                        request.read_form()
+                except BodyTooLarge:
+                    if handler_name not in KEEPS_TEXT:
+                        raise
+                    request.form = oversize.text_fields(request.environ)  # the beginning only
+                    return self.posted_form_again(request, handler_name, 413, **match.groupdict())
                 if not self.csrf_valid(request):
                     log.warning("csrf check failed for POST %s from %s", request.route_label, request.client_ip)
+                    if handler_name in KEEPS_TEXT:
+                        return self.posted_form_again(request, handler_name, 403, **match.groupdict())
                     raise HTTPError(403, "error_csrf_heading", "error_csrf")
             return getattr(self, handler_name)(request, **match.groupdict())
         if allowed:
@@ -476,7 +508,8 @@ class Portal:
         Binding to the session means a seed planted by someone who can set cookies
         for this site is worthless against a signed-in customer. The id comes from
         the signed cookie, not the live session, so a form typed while the session
-        timed out is still accepted and answered with the text to copy, not a 403.
+        timed out is still accepted and answered with the sign-in page and the text
+        (kept for after sign-in: signin_with_draft), not a 403.
         """
         return self.signer.signature("csrf", f"{request.csrf_seed}|{request.signed_session_id}")
 
@@ -491,6 +524,23 @@ class Portal:
         session_id = self.signer.unsign("session", request.cookies.get(SESSION_COOKIE))
         request.signed_session_id = session_id or ""
         return self.sessions.get(session_id) if session_id else None
+
+    def address_cookie(self, session_id, email):
+        """The signed "last address" of a session: its address, bound to its id."""
+        encoded = base64.urlsafe_b64encode(email.encode("utf-8")).decode("ascii").rstrip("=")
+        return self.signer.sign("address", f"{encoded}:{session_id}")
+
+    def last_address(self, request):
+        """The address of the session whose (signed) cookie this browser sends, live or
+        ended, from its "last address" cookie; "" when unknown."""
+        value = self.signer.unsign("address", request.cookies.get(ADDRESS_COOKIE)) or ""
+        encoded, _, session_id = value.partition(":")
+        if not session_id or session_id != request.signed_session_id:
+            return ""
+        try:
+            return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return ""
 
     def require_session(self, request, back_to=None):
         if request.session is None:
@@ -509,12 +559,17 @@ class Portal:
         session = request.session
         # A HEAD (a link preview, a monitor) must not eat the notice meant for the page.
         head_only = request.method == "HEAD"
+        now = self.clock()  # "5 minutes ago" counts from the portal's clock, once per page
+        # Where the language switch comes back to: this path, unless the page names
+        # itself more precisely (the sign-in confirmation, with its token).
+        here = context.pop("here", None) or request.unsafe_path[len(self.config.base_path):] or "/"
         page = self.templates.get_template(template).render(
             lang=lang,
             languages=i18n.LANGUAGES,
             language_names=i18n.LANGUAGE_NAMES,
             t=lambda key, **values: i18n.translate(lang, key, **values),
             when=lambda seconds: i18n.format_time(lang, seconds),
+            time_tag=lambda seconds, relative=True: _time_tag(lang, seconds, now if relative else None),
             iso=_iso,
             url=self.url,
             static=lambda name: self.url(f"/static/{name}?v={self.static[name][1]}"),
@@ -523,7 +578,7 @@ class Portal:
             csrf_token=self.csrf_token(request),
             user=session,
             flash=self.sessions.pop_flash(session) if session and not head_only else "",
-            here=request.unsafe_path[len(self.config.base_path):] or "/",
+            here=here,
             **context,
         )
         return Response(status, page, headers=headers)
@@ -543,7 +598,7 @@ class Portal:
         if request.session:
             return redirect(self.url("/dashboard"))
         notice = request.arg("notice")
-        return self.render(request, "signin.html", email="", error="",
+        return self.render(request, "signin.html", email=self.last_address(request), error="",
                            next_path=_safe_next(request.arg("next")),
                            notice=notice if notice in NOTICES else "")
 
@@ -607,8 +662,11 @@ class Portal:
         link = self.magic_links.peek(request.arg("token"))
         if link is None:
             return self.link_invalid(request, request.arg("token"))
+        # The language switch posts this back (see set_language), so the page
+        # comes back in the other language with its token still unused.
+        here = "/auth/verify?" + urllib.parse.urlencode({"token": request.arg("token")})
         return self.render(request, "verify.html", headers=[("Referrer-Policy", "no-referrer")],
-                           token=request.arg("token"), email=link.email)
+                           token=request.arg("token"), email=link.email, here=here)
 
     def link_invalid(self, request, untrusted_token):
         """Why this link no longer works, and a form for a new one.
@@ -618,6 +676,9 @@ class Portal:
         gets the generic words and an empty field.
         """
         retired = self.magic_links.retired(untrusted_token)
+        if request.session and (retired is None or retired.email.lower() == request.session.email.lower()):
+            # Whatever happened to the link, this browser is in: nothing to fix.
+            return self.render(request, "signed_in_already.html", 200, [("Referrer-Policy", "no-referrer")])
         return self.render(request, "link_invalid.html", 400, [("Referrer-Policy", "no-referrer")],
                            minutes=self.config.magic_link_minutes, attempts=MAX_WRONG_CODES,
                            reason=retired.reason if retired else "",
@@ -663,8 +724,14 @@ class Portal:
         log.info("signed in contact=%s email=%s", link.contact_id, self.signer.pseudonym(link.email))
         # Mails about this contact's tickets speak the language they use here.
         self.state.remember_language(link.contact_id, request.lang if request.lang_from_cookie else link.lang)
+        # What was typed when this browser's last session ended goes back into its form.
+        draft = self.drafts.hand_over(request.signed_session_id, session.id, link.email)
+        if draft is not None:
+            session.flash, next_path = "draft_restored", draft.path
         response = redirect(self.url(next_path or "/dashboard"))
         response.set_cookie(SESSION_COOKIE, self.signer.sign("session", session.id), self.cookie_path,
+                            self.config.secure_cookies)
+        response.set_cookie(ADDRESS_COOKIE, self.address_cookie(session.id, link.email), self.cookie_path,
                             self.config.secure_cookies)
         if not request.lang_from_cookie:
             response.set_cookie(LANG_COOKIE, link.lang, self.cookie_path, self.config.secure_cookies,
@@ -674,8 +741,10 @@ class Portal:
     def logout(self, request):
         if request.session:
             self.sessions.delete(request.session.id)
+            self.drafts.drop(request.session.id)
         response = redirect(self.url("/?notice=signed_out"))
         response.set_cookie(SESSION_COOKIE, "", self.cookie_path, self.config.secure_cookies, max_age=0)
+        response.set_cookie(ADDRESS_COOKIE, "", self.cookie_path, self.config.secure_cookies, max_age=0)
         return response
 
     def set_language(self, request):
@@ -684,7 +753,14 @@ class Portal:
             raise HTTPError(400, "error_heading", "error_method")
         if request.session:
             self.state.remember_language(request.session.contact_id, lang)
-        response = redirect(self.url(_safe_next(request.field("next")) or "/"))
+        token = _verify_token(request.field("next"))
+        if token:
+            # Back to the sign-in confirmation, its token unused: it came in this
+            # form's body and leaves only in this Location, with no Referer after it.
+            response = redirect(self.url("/auth/verify?" + urllib.parse.urlencode({"token": token})))
+            response.headers.append(("Referrer-Policy", "no-referrer"))
+        else:
+            response = redirect(self.url(_safe_next(request.field("next")) or "/"))
         response.set_cookie(LANG_COOKIE, lang, self.cookie_path, self.config.secure_cookies, LANG_COOKIE_MAX_AGE)
         return response
 
@@ -731,8 +807,12 @@ class Portal:
                 and (ticket.id in seen or ticket.status != "resolved")}
 
     def new_ticket_page(self, request):
-        self.require_session(request)
-        return self.render(request, "ticket_new.html", subject="", message="", priority=NO_PRIORITY, errors={},
+        session = self.require_session(request)
+        draft = self.drafts.get(session.id, "/tickets/new")  # typed before the last sign-in
+        kept = draft.fields if draft else {}
+        priority = kept.get("priority", NO_PRIORITY)
+        return self.render(request, "ticket_new.html", subject=kept.get("subject", ""), message=kept.get("message", ""),
+                           priority=priority if priority in PRIORITY_CHOICES else NO_PRIORITY, errors={},
                            form_id=secrets.token_urlsafe(16))
 
     def create_ticket(self, request):
@@ -743,8 +823,10 @@ class Portal:
         form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
         if request.session is None:
             draft = "\n\n".join(part for part in (untrusted_subject, untrusted_message) if part.strip())
-            return self.signin_with_draft(request, "/tickets/new", draft)
+            return self.signin_with_draft(request, "/tickets/new", draft, "ticket", dict(
+                subject=untrusted_subject, message=untrusted_message, priority=untrusted_priority))
         session = request.session
+        self.drafts.drop(session.id)  # sent now, or back in the form below
         priority = untrusted_priority if untrusted_priority in PRIORITY_CHOICES else None
 
         def form_again(status, errors=None, problem=""):
@@ -814,7 +896,14 @@ class Portal:
 
     def ticket_page(self, request, ticket_id):
         session = self.require_session(request)
-        return self.render_ticket(request, session, int(ticket_id))
+        ticket_id = int(ticket_id)
+        draft = self.drafts.get(session.id, f"/tickets/{ticket_id}")  # typed before the last sign-in
+        if draft is not None and draft.form == "reply":
+            return self.render_ticket(request, session, ticket_id, reply=draft.fields.get("message", ""))
+        if draft is not None and draft.form == "rating":
+            return self.render_ticket(request, session, ticket_id, rating=dict(
+                value=draft.fields.get("rating", ""), feedback=draft.fields.get("feedback", ""), error="", notice=""))
+        return self.render_ticket(request, session, ticket_id)
 
     def render_ticket(self, request, session, ticket_id, status=200, reply="", error="", rating=None):
         """The ticket page; `reply` and `error`: the reply form as it came back; `rating`:
@@ -822,7 +911,7 @@ class Portal:
         try:
             ticket, thread = self.client.get_ticket_with_thread(ticket_id)
         except ChatwootNotFound:
-            raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+            raise HTTPError(404, "error_ticket_not_found_heading", "error_ticket_not_found") from None
         except ChatwootError as failure:
             if reply:
                 return self.reply_form_again(request, ticket_id, reply, failure)
@@ -841,8 +930,13 @@ class Portal:
             rating = dict(value=str(survey.rating) if survey and survey.rating else "",
                           feedback=survey.feedback if survey else "", error="", notice="")
         rating_open = survey is not None and survey.open_on(self.clock()) and rating["notice"] != "rating_closed"
+        # "Cancelled by you" while the ticket stays resolved; open again, the cancel is history.
+        cancelled_at = self.state.cancelled_at(ticket.id)
+        if cancelled_at is not None and ticket.status != "resolved":
+            self.state.forget_cancelled(ticket.id)
+            cancelled_at = None
         return self.render(request, "ticket.html", status, ticket=ticket, title=title, thread=thread,
-                           survey=survey, rating=rating, rating_open=rating_open,
+                           survey=survey, rating=rating, rating_open=rating_open, cancelled_at=cancelled_at,
                            FEEDBACK_MAX_CHARS=FEEDBACK_MAX_CHARS,
                            reply=reply, error=error, form_id=secrets.token_urlsafe(16),
                            files_again=request.files_chosen > 0,
@@ -852,8 +946,10 @@ class Portal:
         ticket_id = int(ticket_id)
         untrusted_message = request.text_field("message")
         if request.session is None:
-            return self.signin_with_draft(request, f"/tickets/{ticket_id}", untrusted_message)
+            return self.signin_with_draft(request, f"/tickets/{ticket_id}", untrusted_message, "reply",
+                                          dict(message=untrusted_message))
         session = request.session
+        self.drafts.drop(session.id)  # sent now, or back in the form
         message = untrusted_message.strip()
         if request.upload_problems:
             return self.render_ticket(request, session, ticket_id, upload_status(request.upload_problems),
@@ -879,7 +975,7 @@ class Portal:
                             ticket_id, message, done.uncertain_since - CLOCK_SLACK_SECONDS, filenames):
                         self.client.add_customer_message(ticket_id, message, request.uploads)
                 except ChatwootNotFound:
-                    raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+                    raise HTTPError(404, "error_ticket_not_found_heading", "error_ticket_not_found") from None
                 except ChatwootError as failure:
                     if isinstance(failure, ChatwootUnavailable):
                         done.uncertain_since = done.uncertain_since or started
@@ -900,10 +996,11 @@ class Portal:
                 session.flash = "ticket_already_resolved"
             else:
                 self.client.resolve(ticket_id)
+                self.state.remember_cancelled(ticket_id, self.clock())  # Chatwoot cannot tell who it was
                 session.flash = "ticket_cancelled"
                 log.info("ticket cancelled ticket=%s contact=%s", ticket_id, session.contact_id)
         except ChatwootNotFound:
-            raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+            raise HTTPError(404, "error_ticket_not_found_heading", "error_ticket_not_found") from None
         except ChatwootError as failure:
             return self.unavailable(request, failure)
         return redirect(self.url(f"/tickets/{ticket_id}"))
@@ -919,8 +1016,10 @@ class Portal:
         untrusted_rating = request.field("rating")
         untrusted_feedback = request.text_field("feedback")
         if request.session is None:
-            return self.signin_with_draft(request, f"/tickets/{ticket_id}", untrusted_feedback)
+            return self.signin_with_draft(request, f"/tickets/{ticket_id}", untrusted_feedback, "rating",
+                                          dict(rating=untrusted_rating[:1], feedback=untrusted_feedback))
         session = request.session
+        self.drafts.drop(session.id)  # sent now, or back in the form
         typed = dict(value=untrusted_rating, feedback=untrusted_feedback, error="", notice="")
         feedback = untrusted_feedback.strip()
         if untrusted_rating not in [str(n) for n in CSAT_RATINGS]:
@@ -931,7 +1030,7 @@ class Portal:
         try:
             ticket = self.client.get_ticket(ticket_id)
         except ChatwootNotFound:
-            raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+            raise HTTPError(404, "error_ticket_not_found_heading", "error_ticket_not_found") from None
         except ChatwootError as failure:
             return self.rating_form_again(request, ticket_id, typed, failure)
         self.check_owner(ticket, session)
@@ -967,20 +1066,20 @@ class Portal:
             try:
                 ticket, thread = self.client.get_ticket_with_thread(ticket_id)
             except ChatwootNotFound:
-                raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+                raise HTTPError(404, "error_ticket_not_found_heading", "error_ticket_not_found") from None
             except ChatwootError as failure:
                 return self.unavailable(request, failure)
             self.check_owner(ticket, session)
             self.known_files.remember(session.contact_id, ticket_id, thread)
             found = self.known_files.get(session.contact_id, ticket_id, attachment_id)
         if found is None:  # not on a public message of this ticket
-            raise HTTPError(404, "error_not_found_heading", "error_not_found")
+            raise HTTPError(404, "error_file_not_found_heading", "error_file_not_found")
         try:
             content_type, headers, stream = attachments.open_download(
                 self.client, found, thumbnail=request.arg("size") == "thumb")
         except ChatwootNotFound:
             log.warning("file %s of ticket %s is missing in Chatwoot's storage", attachment_id, ticket_id)
-            raise HTTPError(404, "error_not_found_heading", "error_not_found") from None
+            raise HTTPError(404, "error_file_not_found_heading", "error_file_not_found") from None
         except ChatwootError as failure:
             return self.unavailable(request, failure)
         return Response(200, stream, content_type, headers)
@@ -989,7 +1088,7 @@ class Portal:
         """Someone else's ticket answers exactly like a missing one: 404."""
         if ticket.contact_id != session.contact_id:
             log.warning("ticket %s refused to contact %s (not the owner)", ticket.id, session.contact_id)
-            raise HTTPError(404, "error_not_found_heading", "error_not_found")
+            raise HTTPError(404, "error_ticket_not_found_heading", "error_ticket_not_found")
 
     # -- Failure pages that keep what was typed ------------------------------
 
@@ -1015,11 +1114,45 @@ class Portal:
                            FEEDBACK_MAX_CHARS=FEEDBACK_MAX_CHARS,
                            problem="error_unavailable" if status == 503 else "error_rejected")
 
-    def signin_with_draft(self, request, next_path, untrusted_draft):
-        """The session ended while the customer typed: ask to sign in, show the text to copy."""
+    def signin_with_draft(self, request, next_path, untrusted_draft, form, untrusted_fields):
+        """The session ended while the customer typed: ask to sign in, show the text to copy.
+
+        When the ended session's address is known (its signed "last address" cookie),
+        the fields are also kept (see drafts) and put back into the form once this
+        browser signs in again as that address.
+        """
         notice = "session_expired" if request.had_session_cookie else "signin_required"
-        return self.render(request, "signin.html", 401, email="", error="", next_path=next_path,
-                           notice=notice, draft=untrusted_draft)
+        email = self.last_address(request)
+        kept = self.drafts.keep(request.signed_session_id, email, next_path, form, untrusted_fields)
+        return self.render(request, "signin.html", 401, email=email, error="", next_path=next_path,
+                           notice=notice, draft=untrusted_draft, draft_kept=kept,
+                           draft_minutes=self.drafts.ttl_seconds // 60)
+
+    def posted_form_again(self, request, handler_name, status, ticket_id=None):
+        """The form of a KEEPS_TEXT handler, filled in with what was posted, after a
+        refusal before the handler ran: a failed CSRF check (403), or a body over the
+        limit (413; its text fields read back from its beginning, see oversize).
+
+        It only shows text: nothing goes to Chatwoot, nothing is kept, the text is
+        escaped like any other, and with the page's fresh token the customer sends
+        it again by pressing the button, or not at all.
+        """
+        problem = "form_reloaded" if status == 403 else "form_too_large"
+        form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
+        multipart_body = request.environ.get("CONTENT_TYPE", "").lower().startswith("multipart/")
+        files_again = request.files_chosen > 0 or (status == 413 and multipart_body)
+        if handler_name == "create_ticket":
+            untrusted_priority = request.field("priority")
+            return self.render(request, "ticket_new.html", status, subject=request.text_field("subject"),
+                               message=request.text_field("message"),
+                               priority=untrusted_priority if untrusted_priority in PRIORITY_CHOICES else NO_PRIORITY,
+                               errors={}, problem=problem, form_id=form_id, files_again=files_again)
+        rating = dict(value=request.field("rating"), feedback=request.text_field("feedback"), error="", notice="")
+        return self.render(request, "form_again.html", status, form="reply" if handler_name == "reply" else "rating",
+                           heading="error_csrf_heading" if status == 403 else "form_too_large_heading",
+                           ticket_id=int(ticket_id), reply=request.text_field("message"), rating=rating,
+                           form_id=form_id, files_again=files_again, FEEDBACK_MAX_CHARS=FEEDBACK_MAX_CHARS,
+                           problem=problem)
 
     def contact_gone(self, request):
         self.sessions.delete(request.session.id)
@@ -1085,6 +1218,12 @@ def redirect(location):
     return Response(303, b"", "text/plain; charset=utf-8", [("Location", location)])
 
 
+def _verify_token(untrusted_next):
+    """The token of a `next` that is the sign-in confirmation page (`/auth/verify?token=…`), or ""."""
+    match = re.fullmatch(r"/auth/verify\?token=([A-Za-z0-9_-]{43})", (untrusted_next or "").strip())
+    return match.group(1) if match else ""
+
+
 def _safe_next(untrusted_path):
     """A path inside the portal to return to after sign-in, or "" for the default.
 
@@ -1099,6 +1238,20 @@ def _safe_next(untrusted_path):
 
 def _iso(seconds):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds or 0)))
+
+
+def _time_tag(lang, seconds, now=None):
+    """A `<time>` element: words ("5 minutes ago") for a recent moment when `now` is
+    given, else the date; the date is always in its title.
+
+    portal.js rewrites dates into the reader's own time zone; `data-relative` tells it
+    to leave the words alone and localize only the title.
+    """
+    date = i18n.format_time(lang, seconds)
+    words = i18n.relative_time(lang, seconds, now) if now is not None else None
+    if words:
+        return Markup('<time datetime="{}" title="{}" data-relative>{}</time>').format(_iso(seconds), date, words)
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(_iso(seconds), date, date)
 
 
 def _load_files(paths):
@@ -1133,12 +1286,15 @@ def configure_logging():
 
 
 def serve(app, config):
-    import waitress
-
     log.info("portal listening on http://%s:%s%s/ (public URL %s)", config.host, config.port,
              config.base_path, config.public_url("/"))
     app.start()
-    waitress.serve(app, host=config.host, port=config.port, **server_options(config))
+    create_server(app, config, host=config.host, port=config.port).run()
+
+
+def create_server(app, config, **overrides):
+    """waitress, bound and listening, as the portal runs it (tests bind it to port 0)."""
+    return oversize.create_server(app, **{**server_options(config), **overrides})
 
 
 def server_options(config):
@@ -1146,28 +1302,45 @@ def server_options(config):
 
     The portal spends its time waiting on Chatwoot, not computing: more threads
     than cores keep pages flowing while some wait, and the connection limit bounds
-    memory. waitress refuses absurd bodies itself (it keeps a request body in a
-    temporary file past 512 KB); anything between the portal's limits and that
-    still gets the portal's own localized 413 page. A streamed file stops being
-    read from Chatwoot while 1 MB of it waits for a slow client (waitress' default
-    would hold 16 MB of it per download).
+    memory. waitress keeps a request body in a temporary file past 512 KB, up to
+    the largest body the portal reads; of a longer one it keeps only the typed
+    text (see oversize), so every 413 is the portal's own page. (waitress cuts a
+    body of max_request_body_size bytes or more, the portal refuses one over its
+    limit: hence the + 1.)
+    A streamed file stops being read from Chatwoot while 1 MB of it waits for a
+    slow client (waitress' default would hold 16 MB of it per download).
     """
+    largest_body = upload_body_limit(config.attachment_max_files, config.attachment_max_bytes)
     return dict(threads=16, connection_limit=200, channel_timeout=30,
-                max_request_body_size=upload_body_limit(config.attachment_max_files, config.attachment_max_bytes),
+                max_request_body_size=largest_body + 1,
                 outbuf_high_watermark=1024 * 1024, ident="portal", clear_untrusted_proxy_headers=False)
 
 
-def check(config):
-    """Print what is wrong with the configuration and the services; True when all is well."""
+def check(config, test_mail_to=None):
+    """Print what is wrong with the configuration and the services; True when all is well.
+
+    `test_mail_to`: also send a real mail there once the SMTP server answers, and
+    print its answer (--send-test-mail).
+    """
+    print("Configuration: ok" + "".join(f"\n  - note: {w}" for w in config.warnings))
     problems = []
     client = ChatwootClient(config.chatwoot_url, config.chatwoot_api_token, config.chatwoot_account_id,
                             config.chatwoot_timeout)
     problems += client.check(config.chatwoot_inbox_id)
     client.close()
     print(("FAIL" if problems else "ok  ") + f"  Chatwoot at {config.chatwoot_url}, account {config.chatwoot_account_id}, inbox {config.chatwoot_inbox_id}")
-    smtp_problems = Mailer(config).check()
+    mailer = Mailer(config)
+    smtp_problems = mailer.check()
     print(("FAIL" if smtp_problems else "ok  ") + f"  SMTP {config.smtp_address}:{config.smtp_port} ({config.smtp_security})")
     problems += smtp_problems
+    if test_mail_to and smtp_problems:
+        print(f"FAIL  Test mail to {test_mail_to} not sent: the SMTP server must answer first")
+    elif test_mail_to:
+        try:
+            print(f"ok    Test mail to {test_mail_to}: {mailer.send_test_mail(test_mail_to)}")
+        except MailError as error:
+            print(f"FAIL  Test mail to {test_mail_to}")
+            problems.append(f"The test mail was not accepted: {error}")
     state_problem = check_writable(config.state_dir)
     print(("FAIL" if state_problem else "ok  ") + f"  State folder {config.state_dir} (reply-mail queue) is writable")
     problems += [state_problem] if state_problem else []
@@ -1210,7 +1383,16 @@ def main(argv=None):
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="validate the configuration, reach Chatwoot and SMTP, then exit")
     mode.add_argument("--demo", action="store_true", help="run on an embedded fake Chatwoot; sign-in links are printed")
+    parser.add_argument("--send-test-mail", metavar="ADDRESS",
+                        help="with --check: also send a test mail to ADDRESS and show the SMTP server's answer")
     args = parser.parse_args(argv)
+    test_mail_to = (args.send_test_mail or "").strip()
+    if args.send_test_mail is not None and not args.check:
+        parser.error("--send-test-mail works only with --check")
+    if args.send_test_mail is not None and (len(test_mail_to) > EMAIL_MAX_CHARS
+                                            or not EMAIL_PATTERN.fullmatch(test_mail_to)):
+        parser.error(f"--send-test-mail needs one plain e-mail address such as admin@example.com, "
+                     f"not {args.send_test_mail!r}")
     configure_logging()
     environ = dict(os.environ)
     mailer = None
@@ -1226,12 +1408,13 @@ def main(argv=None):
         print("The portal cannot start; fix these settings (environment or .env):", file=sys.stderr)
         for problem in error.problems:
             print(f"  - {problem}", file=sys.stderr)
+        for warning in error.warnings:
+            print(f"  - note: {warning}", file=sys.stderr)
         return 2
+    if args.check:  # check() prints the warnings; logging them too would show each twice
+        return 0 if check(config, test_mail_to) else 1
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
-    if args.check:
-        print("Configuration: ok" + "".join(f"\n  - note: {w}" for w in config.warnings))
-        return 0 if check(config) else 1
     if args.demo:
         emails = ", ".join(sorted(seeded["contacts"]))
         print(f"\nDemo mode: open {config.public_url('/')} and sign in as one of: {emails}\n"

@@ -9,6 +9,9 @@ What lives here, and why it is not in memory like sessions:
 * `contact_language`: each contact's last chosen portal language, for their mails.
 * `ticket_seen`: the newest message id each ticket's owner has seen in the portal, so
   a reply already read on screen is not mailed.
+* `ticket_cancelled`: when the customer cancelled a ticket in the portal, so its page
+  can say "Cancelled by you": Chatwoot only records that the API token's user
+  resolved it. Forgotten once the ticket is seen open again.
 
 Standard library `sqlite3`, WAL journal, one connection shared by the process's threads
 behind one lock: a single writer, and every multi-statement change is one transaction
@@ -48,6 +51,10 @@ CREATE TABLE IF NOT EXISTS ticket_seen (
     ticket_id  INTEGER PRIMARY KEY,
     message_id INTEGER NOT NULL,
     seen_at    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ticket_cancelled (
+    ticket_id INTEGER PRIMARY KEY,
+    at        REAL NOT NULL
 );
 """
 
@@ -193,6 +200,24 @@ class StateFile:
             return dict(self._db.execute(
                 f"SELECT ticket_id, MAX(message_id) FROM notification WHERE ticket_id IN ({','.join('?' * len(ids))}) "
                 "GROUP BY ticket_id", ids).fetchall()) if ids else {}
+
+    def remember_cancelled(self, ticket_id, at):
+        """The customer cancelled the ticket at `at` (the portal's clock)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO ticket_cancelled (ticket_id, at) VALUES (?, ?) "
+                "ON CONFLICT (ticket_id) DO UPDATE SET at = excluded.at", (int(ticket_id), at))
+
+    def cancelled_at(self, ticket_id):
+        """When the customer cancelled the ticket, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT at FROM ticket_cancelled WHERE ticket_id = ?", (int(ticket_id),)).fetchone()
+        return row[0] if row else None
+
+    def forget_cancelled(self, ticket_id):
+        """The ticket is open again: its cancel is history."""
+        with self._lock:
+            self._db.execute("DELETE FROM ticket_cancelled WHERE ticket_id = ?", (int(ticket_id),))
 
     # -- housekeeping -----------------------------------------------------------
 

@@ -9,10 +9,15 @@
   } catch (e) {
     return;
   }
+  // Words such as "5 minutes ago" (data-relative) are right in every zone: only
+  // their title, the date, is localized.
   var times = document.querySelectorAll("time[datetime]");
   for (var i = 0; i < times.length; i++) {
     var when = new Date(times[i].getAttribute("datetime"));
-    if (!isNaN(when.getTime())) {
+    if (isNaN(when.getTime())) continue;
+    if (times[i].hasAttribute("data-relative")) {
+      times[i].title = format.format(when);
+    } else {
       times[i].title = times[i].textContent;
       times[i].textContent = format.format(when);
     }

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import waitress.server
 from waitress import wasyncore
 from aiosmtpd.controller import Controller
 
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import Browser  # noqa: E402
 from config import load_config  # noqa: E402
 from fake_chatwoot import FakeChatwoot  # noqa: E402
-from portal import Portal, server_options  # noqa: E402
+from portal import Portal, create_server  # noqa: E402
 
 BASE = "/portal"
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
@@ -177,7 +176,7 @@ def start_portal(settings, clock):
     app = Portal(config, clock=clock).start()
     # As portal.serve() does: X-Forwarded-For reaches the portal, which alone
     # decides whether to believe it (TRUSTED_PROXY).
-    server = waitress.server.create_server(app, host="127.0.0.1", port=0, **{**server_options(config), "threads": 4})
+    server = create_server(app, config, host="127.0.0.1", port=0, threads=4)
     return RunningPortal(app, server)
 
 

@@ -1,13 +1,33 @@
 """Make the README's screenshots: python tests/screenshots.py
 
 Runs the demo account (FakeChatwoot.seed_demo) behind the portal in this process,
-catches the sign-in mail with a real SMTP server, signs in as jane@example.com in
-Debian's headless Chromium, and writes English pages at desktop (1280x800) and
-phone (390x844) sizes to docs/screenshots/.
+catches the sign-in mail with a real SMTP server, and drives Debian's headless
+Chromium; it writes English pages at desktop (1280x800) and phone (390x844) sizes
+to docs/screenshots/:
+
+- signin: the sign-in page;
+- signin-code: "Check your e-mail" after asking for jane@example.com's link, with
+  the mail's code typed into its form (Jane then signs in with that code);
+- dashboard-unread: Jane's open tickets at her first visit, with "New reply" and
+  "Waiting for your reply" labels;
+- ticket, ticket-attachments: "Printer on fire", its top, then scrolled to its
+  photo and PDF;
+- dashboard: Jane's tickets, all of them, once she has read "Printer on fire";
+- new-ticket, new-ticket-files: the form empty, then filled in with a priority
+  and two files chosen;
+- ticket-rating: the resolved "Scanner driver" ticket scrolled to its last reply
+  and its rating form (4 chosen, a comment typed);
+- ticket-rated: that ticket once the rating is sent: the thanks, the thread and
+  the rating given, all at the top of the page;
+- dashboard-filtered: max@example.com's 64 tickets, all statuses, searched for
+  "order", on page 2 of 2: tabs with counts, the search box, priority badges and
+  the page links in one desktop picture.
 """
 
+import re
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from aiosmtpd.controller import Controller  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from conftest import MailCatcher, portal_settings, start_portal  # noqa: E402
 from fake_chatwoot import FakeChatwoot  # noqa: E402
@@ -23,6 +44,7 @@ from test_browser import Chromium, start_chromium, stop_chromium, VIEWPORTS  # n
 
 OUT = HERE.parent / "docs" / "screenshots"
 JANE = "jane@example.com"
+MAX = "max@example.com"
 
 
 def free_port():
@@ -41,6 +63,30 @@ def find_ticket(fake, subject):
     raise LookupError(subject)
 
 
+def code_for(catcher, address):
+    """The sign-in code ("123 456") of the newest mail to `address`."""
+    catcher.link_for(address)  # fails, naming the addresses mailed, when there is none
+    message = next(m for m in reversed(catcher.messages) if m["To"] == address)
+    return re.search(r"\b\d{3} \d{3}\b", message.get_body(("plain",)).get_content()).group(0)
+
+
+# Brings the element to the top of the viewport (less a margin), then waits until
+# every image on the page has loaded (the thumbnails are loading="lazy").
+SCROLL_TO = """
+var el = document.querySelector(arguments[0]);
+window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - 16);
+"""
+IN_VIEW = """
+var box = document.querySelector(arguments[0]).getBoundingClientRect();
+return box.top >= 0 && box.bottom <= window.innerHeight;
+"""
+IMAGES_LOADED = """
+return Array.prototype.every.call(document.images, function (img) {
+  return img.complete && img.naturalWidth > 0;
+});
+"""
+
+
 def main():
     fake = FakeChatwoot().start()
     seeded = fake.seed_demo()
@@ -56,23 +102,84 @@ def main():
         browser.clear()
         shots = []
 
-        def shoot(name):
+        def shoot(name, scroll_to=None, must_show=None):
+            """Both sizes of the page as it is. `scroll_to`: the element to bring to
+            the top first; `must_show`: the element that must then be wholly in
+            the picture. Either is a CSS selector, or a dict of them by size."""
             for size in VIEWPORTS:
+                target, wanted = (rule.get(size) if isinstance(rule, dict) else rule
+                                  for rule in (scroll_to, must_show))
+                if target:  # after the resize: each size scrolls by its own layout
+                    browser.show_at(size)
+                    browser.driver.execute_script(SCROLL_TO, target)
+                    WebDriverWait(browser.driver, 10).until(lambda d: d.execute_script(IMAGES_LOADED))
+                if wanted:
+                    browser.show_at(size)
+                    assert browser.driver.execute_script(IN_VIEW, wanted), f"{wanted} is cut off in {name}-{size}"
                 shots.append(browser.screenshot(OUT, name, size))
             browser.show_at("desktop")
+            browser.driver.execute_script("window.scrollTo(0, 0)")
 
         browser.open("/portal/")
         browser.driver.execute_script("document.activeElement.blur()")  # no caret or ring in the picture
         shoot("signin")
         browser.type_into("E-mail address", JANE)
         browser.click(browser.button("Send me a sign-in link"))
-        browser.open(catcher.link_for(JANE).replace("http://portal.test", browser.origin))
-        browser.click(browser.button("Sign in"))
-        shoot("dashboard")
-        browser.open(f"/portal/tickets/{find_ticket(fake, 'Printer on fire')}")
+        assert "Check your e-mail" in browser.page_text(), browser.page_text()
+        browser.type_into("Code from the e-mail", code_for(catcher, JANE))
+        browser.driver.execute_script("document.activeElement.blur()")
+        shoot("signin-code")
+        browser.click(browser.button("Sign in with the code"))
+        assert browser.path.startswith("/portal/dashboard"), browser.path
+        # First visit: nothing read yet, so the agents' latest replies are new.
+        listed = browser.find(".ticket-list").get_attribute("textContent")  # textContent: not upper-cased by CSS
+        assert "New reply" in listed and "Waiting for your reply" in listed, listed
+        shoot("dashboard-unread")
+        fire = find_ticket(fake, "Printer on fire")
+        browser.open(f"/portal/tickets/{fire}")
         shoot("ticket")
+        shoot("ticket-attachments", scroll_to=".message:has(+ .message .attachment-image)")
+        browser.open("/portal/dashboard?status=all")
+        shoot("dashboard")
         browser.open("/portal/tickets/new")
         shoot("new-ticket")
+        photo = next(a["data"] for m in fake.messages_of(fire) for a in m["attachments"]
+                     if a["content_type"] == "image/png")
+        with tempfile.TemporaryDirectory(prefix="portal-screenshots-") as folder:
+            chosen = [Path(folder) / "printer.png", Path(folder) / "error-log.txt"]
+            chosen[0].write_bytes(photo)
+            chosen[1].write_text("09:12 E-304 fuser overheated\n09:13 E-304 fuser overheated\n")
+            browser.type_into("Subject", "Printer smokes again")
+            browser.type_into("Message", "The printer started smoking again this morning. "
+                                         "A photo and the error log are attached.")
+            Select(browser.find("#priority")).select_by_visible_text("High priority")
+            # A file input takes the paths as typed keys; with `multiple`, one per line.
+            browser.find("#files").send_keys("\n".join(str(path) for path in chosen))
+            browser.driver.execute_script("document.activeElement.blur()")
+            shoot("new-ticket-files", scroll_to="label[for=subject]")
+        scanner = find_ticket(fake, "Scanner driver")
+        browser.open(f"/portal/tickets/{scanner}")
+        browser.find(".rating-form input[name=rating][value='4']").click()
+        browser.type_into("Comment (optional)", "Quick and clear answer, the scanner works again.")
+        browser.driver.execute_script("document.activeElement.blur()")
+        shoot("ticket-rating", scroll_to="#latest")
+        browser.click(browser.button("Send rating"))
+        assert "You rated this 4 out of 5." in browser.page_text(), browser.page_text()
+        # The top of the page: the thanks, the whole (short) thread and the rating given.
+        shoot("ticket-rated", scroll_to="body", must_show="#rating")
+        browser.clear()
+        browser.open("/portal/")
+        browser.type_into("E-mail address", MAX)
+        browser.click(browser.button("Send me a sign-in link"))
+        browser.open(catcher.link_for(MAX).replace("http://portal.test", browser.origin))
+        browser.click(browser.button("Sign in"))
+        # Page 2 of 2 of the search: on a desktop, short enough that the tabs, the
+        # search box and the page links fit in one picture; on a phone, its top.
+        browser.open("/portal/dashboard?status=all&q=order&page=2")
+        assert browser.find("#q").get_attribute("value") == "order"
+        assert browser.find_all(".pagination a"), "no page links"
+        shoot("dashboard-filtered", scroll_to={"desktop": ".page-head", "phone": "body"},
+              must_show={"desktop": ".pagination"})
         for path in shots:
             print(path.relative_to(HERE.parent))
     finally:

@@ -4,8 +4,9 @@ One Chromium serves the whole module (cookies are cleared between tests); every
 test gets its own fake Chatwoot, SMTP catcher and portal. Every page the browser
 settles on is checked for console errors and Content-Security-Policy violations.
 axe-core (npm; `.venv/node_modules/axe-core/axe.min.js` or $AXE_CORE_JS) checks
-accessibility. Screenshots land in tests/artifacts/screenshots/ (not committed);
-`python tests/screenshots.py` makes the ones shown in the README.
+accessibility, in light and dark mode (emulated through the DevTools protocol).
+Screenshots land in tests/artifacts/screenshots/ (not committed); `python
+tests/screenshots.py` makes the ones shown in the README.
 """
 
 import os
@@ -36,11 +37,11 @@ TEXT = {
         "verify_button": "Sign in", "tickets": "My tickets", "no_tickets": "You have no tickets yet.",
         "new_ticket": "New ticket", "new_heading": "Open a new ticket", "subject_label": "Subject",
         "message_label": "Message", "create": "Send ticket",
-        "created": "Your ticket was created. We will answer here soon.", "open": "Open", "you": "You",
+        "created": "Your ticket was created. We will answer here soon.", "open": "We're on it", "you": "You",
         "reply_label": "Your reply", "reply_button": "Send reply", "reply_sent": "Your reply was sent.",
         "cancel_summary": "Cancel ticket…", "cancel_confirm": "Yes, cancel this ticket",
-        "cancelled": "Your ticket was cancelled.", "resolved": "Resolved",
-        "reopens": "This ticket is resolved. Sending a reply will reopen it.",
+        "cancelled": "Your ticket was cancelled.", "resolved": "Closed",
+        "reopens": "This ticket is closed. Sending a reply will reopen it.",
         "sign_out": "Sign out", "signed_out": "You have signed out.",
         "signin_required": "Please sign in to continue.", "signed_in_as": f"Signed in as {JANE}",
         "not_found": "Page not found",
@@ -54,12 +55,12 @@ TEXT = {
         "verify_button": "Entrar", "tickets": "Mis tickets", "no_tickets": "Todavía no tienes tickets.",
         "new_ticket": "Nuevo ticket", "new_heading": "Abrir un ticket nuevo", "subject_label": "Asunto",
         "message_label": "Mensaje", "create": "Enviar ticket",
-        "created": "Tu ticket se ha creado. Te responderemos aquí pronto.", "open": "Abierto", "you": "Tú",
+        "created": "Tu ticket se ha creado. Te responderemos aquí pronto.", "open": "Estamos en ello", "you": "Tú",
         "reply_label": "Tu respuesta", "reply_button": "Enviar respuesta",
         "reply_sent": "Tu respuesta se ha enviado.",
         "cancel_summary": "Cancelar ticket…", "cancel_confirm": "Sí, cancelar este ticket",
-        "cancelled": "Tu ticket se ha cancelado.", "resolved": "Resuelto",
-        "reopens": "Este ticket está resuelto. Si envías una respuesta, se volverá a abrir.",
+        "cancelled": "Tu ticket se ha cancelado.", "resolved": "Cerrado",
+        "reopens": "Este ticket está cerrado. Si envías una respuesta, se volverá a abrir.",
         "sign_out": "Cerrar sesión", "signed_out": "Has cerrado la sesión.",
         "signin_required": "Inicia sesión para continuar.", "signed_in_as": f"Sesión iniciada como {JANE}",
         "not_found": "Página no encontrada",
@@ -186,6 +187,7 @@ class Chromium:
         """Forget cookies (all ports share 127.0.0.1) and stale console lines."""
         self.driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
         self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        self.prefer("light")
         self.show_at("desktop")
         self.driver.get("about:blank")
         self.driver.get_log("browser")
@@ -239,9 +241,15 @@ class Chromium:
     # -- viewports, screenshots, axe ----------------------------------------
 
     def show_at(self, size):
-        width, height, mobile = VIEWPORTS[size]
+        """A size from VIEWPORTS, or (width, height, mobile)."""
+        width, height, mobile = VIEWPORTS[size] if isinstance(size, str) else size
         self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
             "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+
+    def prefer(self, scheme):
+        """The operating system's light or dark setting, as `prefers-color-scheme` sees it."""
+        self.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+            "features": [{"name": "prefers-color-scheme", "value": scheme}]})
 
     def screenshot(self, folder, name, size):
         self.show_at(size)
@@ -513,35 +521,76 @@ def test_the_console_check_notices_an_inline_script_the_policy_refuses(chromium)
 # Accessibility
 # ---------------------------------------------------------------------------
 
-def assert_accessible(browser, page, form=False):
+# The luminance (0 black .. 1 white) of the page behind everything and of its text, and
+# every element painted with a light background: in dark mode a forgotten light colour
+# (a badge, a notice, a field) shows up here even when its text contrast is fine. Not
+# images: their plate stays light on purpose (style.css, dark mode).
+SCHEME_REPORT = """
+    function luminance(css) {
+      var parts = (css.match(/[\\d.]+/g) || []).map(Number);
+      if (parts.length < 3 || (parts.length > 3 && parts[3] === 0)) return null;
+      var c = parts.slice(0, 3).map(function (v) {
+        v = v / 255;
+        return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+      });
+      return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+    }
+    var root = getComputedStyle(document.documentElement), light = [];
+    document.querySelectorAll('body *').forEach(function (el) {
+      var box = el.getBoundingClientRect(), background = getComputedStyle(el).backgroundColor;
+      var lum = luminance(background);
+      if (box.width && box.height && lum !== null && lum > 0.6 && el.tagName !== 'IMG')
+        light.push(el.tagName.toLowerCase() + (el.className ? '.' + String(el.className).replace(/ /g, '.') : '') +
+                   ' ' + background);
+    });
+    return {background: luminance(root.backgroundColor), text: luminance(root.color), light: light};
+"""
+
+
+def assert_scheme_shown(browser, scheme, page):
+    shown = browser.driver.execute_script(SCHEME_REPORT)
+    where = f"the {page} page ({browser.path}) in {scheme} mode"
+    if scheme == "dark":
+        assert shown["background"] < 0.05 and shown["text"] > 0.6, f"{where} is not dark: {shown}"
+        assert not shown["light"], f"light surfaces on {where}:\n" + "\n".join(sorted(set(shown["light"])))
+    else:
+        assert shown["background"] > 0.8 and shown["text"] < 0.05, f"{where} is not light: {shown}"
+
+
+def assert_accessible(browser, page, form=False, scheme="light"):
+    assert_scheme_shown(browser, scheme, page)
     result = browser.axe()
     serious = [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
-    assert not serious, f"axe on the {page} page ({browser.path}, lang {browser.lang}):\n" + describe_violations(serious)
+    assert not serious, (f"axe on the {page} page ({browser.path}, lang {browser.lang}, {scheme} mode):\n"
+                         + describe_violations(serious))
     checked = set(result["passes"]) | set(result["incomplete"])
     assert "color-contrast" in checked, f"axe did not check contrast on the {page} page"
     if form:
         assert "label" in result["passes"], f"form fields without labels on the {page} page"
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("lang", ["en", "es"])
-def test_sign_in_dashboard_ticket_and_new_ticket_pages_have_no_serious_axe_violations(chromium, portal, smtp, fake, lang):
+def test_sign_in_dashboard_ticket_and_new_ticket_pages_have_no_serious_axe_violations(chromium, portal, smtp, fake,
+                                                                                       lang, scheme):
     require_tools("chromium", "chromedriver")
     tickets = seed_tickets(fake)
     browser = chromium
+    browser.prefer(scheme)
     browser.open("/portal/")
     choose_language(browser, lang)
-    assert_accessible(browser, "sign-in", form=True)
+    assert_accessible(browser, "sign-in", form=True, scheme=scheme)
     sign_in(browser, smtp, lang)
-    assert_accessible(browser, "dashboard")
+    assert_accessible(browser, "dashboard", scheme=scheme)
     browser.open("/portal/dashboard?status=all")  # the status tabs, every badge
     assert len(browser.find_all(".ticket-item")) == len(tickets)
-    assert_accessible(browser, "dashboard, every status")
+    assert_accessible(browser, "dashboard, every status", scheme=scheme)
     browser.open(f"/portal/tickets/{tickets['fire']}")
     assert len(browser.find_all(".thread .message")) == 3
     browser.find("details.cancel-box summary").click()  # the danger button is checked too
-    assert_accessible(browser, "ticket", form=True)
+    assert_accessible(browser, "ticket", form=True, scheme=scheme)
     browser.open("/portal/tickets/new")
-    assert_accessible(browser, "new ticket", form=True)
+    assert_accessible(browser, "new ticket", form=True, scheme=scheme)
 
 
 FOCUS_REPORT = """
@@ -618,10 +667,14 @@ def test_every_control_reached_with_tab_shows_a_focus_outline(chromium, portal, 
     assert not hidden, "focus not visible on:\n" + "\n".join(hidden)
 
 
-def test_the_focus_outline_contrasts_at_least_three_to_one_with_the_background_around_it(chromium, portal, smtp, fake):
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_focus_outline_contrasts_at_least_three_to_one_with_the_background_around_it(chromium, portal, smtp, fake,
+                                                                                          scheme):
     """WCAG 1.4.11 (non-text contrast) applies to focus indicators."""
     require_tools("chromium", "chromedriver")
+    chromium.prefer(scheme)
     on_signin, on_ticket = focus_reports(chromium, smtp, fake)
+    assert_scheme_shown(chromium, scheme, "ticket")
     faint = sorted({f"outline {r['color']} on {r['background']}: {contrast(r['color'], r['background']):.2f}:1"
                     for r in [*on_signin.values(), *on_ticket.values()]
                     if contrast(r["color"], r["background"]) < 3})
@@ -673,3 +726,261 @@ def test_every_page_fits_a_phone_and_a_desktop_and_is_photographed(chromium, por
     names = sorted(p.name for p in folder.glob("*.png"))
     assert len(names) == 14 and all(p.stat().st_size > 5000 for p in folder.glob("*.png")), names
     assert not overflowing, "wider than the screen:\n" + "\n".join(overflowing)
+
+
+# ---------------------------------------------------------------------------
+# Dark mode: the same contrast standard with the system set to dark
+# ---------------------------------------------------------------------------
+
+def tiny_png(rgb=(200, 60, 40), size=4):
+    """A valid PNG of one colour, so the thumbnail loads without a console error."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + bytes(rgb) * size for _ in range(size))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_notices_badges_labels_code_thumbnails_and_the_rating_form_keep_their_contrast_in_light_and_dark(
+        chromium, portal, smtp, fake, clock, scheme):
+    """Every colour the portal paints, not only the plain pages: each kind of notice, every
+    status and priority badge, the unread labels, agents' code and quotes, a thumbnail,
+    the chosen rating, a field error."""
+    require_tools("chromium", "chromedriver")
+    t, browser = TEXT["en"], chromium
+    tickets = seed_tickets(fake)
+    # The agent answered last: "New reply" on the dashboard.
+    fake.add_message(tickets["fire"], "Could you send a photo?", "outgoing", created_at=int(time.time()) - 3600)
+    for priority in ("low", "medium", "high", "urgent"):
+        fake.add_conversation(fake.jane, fake.api_inbox, f"A {priority} ticket", priority=priority)
+    now, day = int(clock()), 86400
+    rich = fake.add_conversation(fake.jane, fake.api_inbox, "Scanner driver", "resolved", now - 2 * day,
+                                 priority="urgent")
+    fake.add_message(rich, "The scanner stopped. A photo of its screen:", "incoming", created_at=now - 2 * day,
+                     attachments=[{"filename": "screen.png", "content_type": "image/png", "data": tiny_png(),
+                                   "width": 4, "height": 4}])
+    fake.add_message(rich, "Run `lsusb`, then:\n\n```\nsudo systemctl restart saned\n```\n\n"
+                           "> Version 5.2 is the one that works.", "outgoing", created_at=now - day)
+    fake.add_message(rich, "Please rate the conversation", "template", content_type="input_csat",
+                     content_attributes={"display_type": "emoji"}, created_at=now - 3600)
+    browser.prefer(scheme)
+
+    # A wrong sign-in code: the error notice.
+    browser.open("/portal/")
+    browser.type_into(t["email_label"], JANE)
+    browser.click(browser.button(t["send_link"]))
+    browser.type_into("Code from the e-mail", "000 000")
+    browser.click(browser.button("Sign in with the code"), expect_status=400)
+    assert browser.find_all(".notice-error")
+    assert_accessible(browser, "sign-in code, wrong", form=True, scheme=scheme)
+
+    sign_in(browser, smtp, "en")
+    browser.open("/portal/dashboard?status=all")
+    # "Waiting for your reply" is a status badge's words now, not a separate label.
+    for shown in (".label-new", ".badge-open", ".badge-pending", ".badge-resolved",
+                  ".badge-snoozed", ".badge-priority-low", ".badge-priority-urgent"):
+        assert browser.find_all(shown), f"no {shown} on the dashboard"
+    assert_accessible(browser, "dashboard, labels and badges", scheme=scheme)
+
+    browser.open(f"/portal/tickets/{rich}")
+    for shown in (".message-body code", ".message-body pre", ".message-body blockquote", ".attachment .thumb img",
+                  ".notice-info", ".rating-form"):
+        assert browser.find_all(shown), f"no {shown} on the ticket"
+    browser.find(".rating-form input[name=rating][value='4']").click()  # the chosen answer is highlighted
+    assert_accessible(browser, "ticket, resolved, with a survey", form=True, scheme=scheme)
+    browser.type_into(t["reply_label"], "It works again, thanks.")
+    browser.click(browser.button(t["reply_button"]))
+    assert browser.find_all(".notice-ok[role=status]")
+    browser.find("details.cancel-box summary").click()
+    assert_accessible(browser, "ticket, reopened by a reply", form=True, scheme=scheme)
+
+    browser.open("/portal/tickets/new")
+    browser.type_into(t["subject_label"], "Blank message")
+    browser.type_into(t["message_label"], "   ")
+    browser.click(browser.button(t["create"]), expect_status=400)
+    assert browser.find_all(".field-error")
+    assert_accessible(browser, "new ticket, refused", form=True, scheme=scheme)
+
+
+def test_form_controls_the_portal_does_not_paint_follow_the_dark_setting(chromium, portal, smtp, fake):
+    """`<meta name="color-scheme">`: the browser's own parts (the file button, scroll bars,
+    the search field's clear button) turn dark too, instead of white boxes on a dark page."""
+    require_tools("chromium", "chromedriver")
+    browser = chromium
+    browser.prefer("dark")
+    sign_in(browser, smtp, "en")
+    browser.open("/portal/tickets/new")
+    button = browser.driver.execute_script(
+        "return getComputedStyle(document.querySelector('#files'), '::file-selector-button').backgroundColor")
+    assert _luminance(button) < 0.2, f"the file button stays light in dark mode: {button}"
+
+
+# ---------------------------------------------------------------------------
+# Landing where the news is
+# ---------------------------------------------------------------------------
+
+VIEWPORT_BOX = """
+var box = document.querySelector(arguments[0]).getBoundingClientRect();
+return {top: box.top, bottom: box.bottom, viewport: window.innerHeight, scrolled: window.scrollY};
+"""
+
+
+def assert_in_view(browser, css, whole=False):
+    box = browser.driver.execute_script(VIEWPORT_BOX, css)
+    seen = 0 <= box["top"] < box["viewport"] and (box["bottom"] <= box["viewport"] or not whole)
+    assert seen, f"{css} is not {'wholly ' if whole else ''}in view on {browser.path}: {box}"
+
+
+def test_a_long_thread_on_a_phone_opens_at_the_newest_message_and_a_reply_lands_by_its_notice(
+        chromium, portal, smtp, fake):
+    require_tools("chromium", "chromedriver")
+    t, browser = TEXT["en"], chromium
+    now, hour = int(time.time()), 3600
+    ticket = fake.add_conversation(fake.jane, fake.api_inbox, "Network drops every hour", "open", now - 40 * hour)
+    for n in range(30):
+        fake.add_message(ticket, f"Update {n + 1} on the network problem.\nIt dropped again at {n % 24}:00.",
+                         "incoming" if n % 2 == 0 else "outgoing", created_at=now - (40 - n) * hour)
+    sign_in(browser, smtp, "en")
+    browser.show_at("phone")
+    browser.click(browser.find(f'.ticket-link[href*="/tickets/{ticket}"]'))
+    assert browser.path == f"/portal/tickets/{ticket}#latest"
+    assert "Update 30 " in browser.text("#latest")
+    assert_in_view(browser, "#latest")
+
+    browser.type_into(t["reply_label"], t["reply"])
+    browser.click(browser.button(t["reply_button"]))
+    assert browser.text("[role=status]") == t["reply_sent"]
+    assert_in_view(browser, "[role=status]", whole=True)
+    assert t["reply"] in browser.text("#latest")
+    assert_in_view(browser, "#latest")
+
+    # A new ticket with a long first message: its notice is where the page opens too.
+    browser.open("/portal/tickets/new")
+    browser.type_into(t["subject_label"], t["subject"])
+    browser.type_into(t["message_label"], "\n".join(f"Line {n} of what happened." for n in range(60)))
+    browser.click(browser.button(t["create"]))
+    assert browser.text("[role=status]") == t["created"]
+    assert_in_view(browser, "[role=status]", whole=True)
+
+
+# ---------------------------------------------------------------------------
+# Less clutter
+# ---------------------------------------------------------------------------
+
+SMALL_PHONE = (360, 740, True)
+
+NEW_TICKET_ACTIONS = """
+var label = arguments[0];
+return Array.prototype.filter.call(document.querySelectorAll('a, button'), function (el) {
+  var box = el.getBoundingClientRect();
+  return box.width && box.height && el.textContent.trim() === label;
+}).map(function (el) { return el.outerHTML; });
+"""
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_every_view_offers_at_most_one_new_ticket_action(chromium, portal, smtp, fake, lang):
+    require_tools("chromium", "chromedriver")
+    t, browser = TEXT[lang], chromium
+
+    def actions(view, expected):
+        found = browser.driver.execute_script(NEW_TICKET_ACTIONS, t["new_ticket"])
+        assert len(found) == expected, f"{len(found)} '{t['new_ticket']}' actions on {view}:\n" + "\n".join(found)
+
+    sign_in(browser, smtp, lang)
+    assert t["no_tickets"] in browser.page_text()
+    actions("the empty dashboard", 1)
+    tickets = seed_tickets(fake)
+    browser.open("/portal/dashboard")
+    actions("the dashboard", 1)
+    browser.open(f"/portal/tickets/{tickets['fire']}")
+    actions("a ticket", 1)
+    browser.open("/portal/tickets/new")
+    actions("the new-ticket page", 0)
+    browser.type_into(t["subject_label"], t["subject"])
+    browser.type_into(t["message_label"], "   ")
+    browser.click(browser.button(t["create"]), expect_status=400)
+    actions("the new-ticket form sent back", 0)
+
+
+NAV_LINES = """
+var controls = Array.prototype.filter.call(document.querySelectorAll('.topnav a, .topnav button'),
+                                           function (el) { return el.getBoundingClientRect().width; });
+return controls.map(function (el) {
+  var box = el.getBoundingClientRect();
+  return {text: el.textContent.trim(), top: Math.round(box.top), height: Math.round(box.height),
+          right: Math.round(box.right)};
+});
+"""
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_sign_out_never_wraps_alone_on_a_360px_phone(chromium, portal, smtp, fake, lang):
+    require_tools("chromium", "chromedriver")
+    t, browser = TEXT[lang], chromium
+    tickets = seed_tickets(fake)
+    sign_in(browser, smtp, lang)
+    browser.show_at(SMALL_PHONE)
+    for path in ("/portal/dashboard", f"/portal/tickets/{tickets['fire']}", "/portal/tickets/new"):
+        browser.open(path)
+        controls = browser.driver.execute_script(NAV_LINES)
+        *_, neighbour, sign_out = controls
+        assert sign_out["text"] == t["sign_out"], controls
+        one_line = len({c["top"] for c in controls}) == 1
+        assert one_line or sign_out["top"] == neighbour["top"], f"'{t['sign_out']}' alone on its line on {path}: {controls}"
+        assert sign_out["height"] <= neighbour["height"], f"'{t['sign_out']}' broken in two on {path}: {controls}"
+        layout = browser.horizontal_overflow()
+        assert layout["scrollWidth"] <= layout["width"] and not layout["wide"], f"{path} at 360px: {layout}"
+
+
+HEADINGS_BESIDE_LABELS = """
+var pairs = [];
+document.querySelectorAll('main h1, main h2, main h3').forEach(function (heading) {
+  var scope = heading.closest('section, form, fieldset') || heading.parentElement;
+  scope.querySelectorAll('label, legend').forEach(function (label) {
+    pairs.push([heading.textContent.trim(), label.textContent.trim()]);
+  });
+});
+return pairs;
+"""
+
+
+def repeats(heading, label):
+    """Whether one says what the other says: "Reply" above "Your reply"."""
+    words = [re.findall(r"\w+", text.casefold()) for text in (heading, label)]
+    short, long = sorted(words, key=len)
+    return any(long[i:i + len(short)] == short for i in range(len(long) - len(short) + 1))
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_no_heading_repeats_the_label_of_its_field_and_the_reply_form_stays_a_named_region(
+        chromium, portal, smtp, fake, clock, lang):
+    require_tools("chromium", "chromedriver")
+    t, browser = TEXT[lang], chromium
+    assert repeats("Reply", "Your reply") and not repeats("Open a new ticket", "Subject")  # the rule itself
+    rated = fake.add_conversation(fake.jane, fake.api_inbox, "Scanner driver", "resolved", int(clock()) - 86400)
+    fake.add_message(rated, "Which driver does the scanner need?", "incoming", created_at=int(clock()) - 86400)
+    fake.add_message(rated, "Please rate the conversation", "template", content_type="input_csat",
+                     content_attributes={"display_type": "emoji"}, created_at=int(clock()) - 3600)
+    repeated = []
+    browser.open("/portal/")
+    choose_language(browser, lang)
+    repeated += [(browser.path, *pair) for pair in browser.driver.execute_script(HEADINGS_BESIDE_LABELS)
+                 if repeats(*pair)]
+    sign_in(browser, smtp, lang)
+    for path in (f"/portal/tickets/{rated}", "/portal/tickets/new"):
+        browser.open(path)
+        pairs = browser.driver.execute_script(HEADINGS_BESIDE_LABELS)
+        assert pairs, f"no headings with fields on {path}"
+        repeated += [(path, *pair) for pair in pairs if repeats(*pair)]
+    assert not repeated, "headings that repeat their field's label:\n" + "\n".join(map(repr, repeated))
+
+    browser.open(f"/portal/tickets/{rated}")
+    reply = browser.find("section:has(> form textarea#message)")
+    assert reply.aria_role == "region" and reply.accessible_name.strip(), \
+        f"the reply form's section has no name: role {reply.aria_role!r}, name {reply.accessible_name!r}"

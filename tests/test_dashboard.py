@@ -26,7 +26,7 @@ def jane(portal, smtp):
 def rows(page):
     """[(ticket id, row html)] in page order."""
     return [(int(m.group(2)), m.group(0)) for m in
-            re.finditer(rf'<li class="ticket-item([^"]*)">\s*<a href="{BASE}/tickets/(\d+)".*?</li>', page.text, re.S)]
+            re.finditer(rf'<li class="ticket-item([^"]*)">\s*<a href="{BASE}/tickets/(\d+)(?:#latest)?".*?</li>', page.text, re.S)]
 
 
 def ids(page):

@@ -93,7 +93,7 @@ def dom(page):
     return builder.root
 
 
-TICKET_HREF = re.compile(r"/portal/tickets/(\d+)$")
+TICKET_HREF = re.compile(r"/portal/tickets/(\d+)(?:#latest)?$")  # the dashboard opens a ticket at its newest message
 
 
 def dashboard_rows(page):
@@ -232,9 +232,11 @@ def test_dashboard_subject_falls_back_to_the_ticket_number_without_any_public_te
     assert "Only agents see this" not in page.text
 
 
+# What each status means to a customer, not Chatwoot's word for it (tests/test_words.py
+# has the waiting, snoozed-until and Chatwoot-word details).
 @pytest.mark.parametrize("lang, expected", [
-    ("en", {"open": "Open", "pending": "Pending", "resolved": "Resolved", "snoozed": "Snoozed"}),
-    ("es", {"open": "Abierto", "pending": "Pendiente", "resolved": "Resuelto", "snoozed": "Pospuesto"}),
+    ("en", {"open": "We're on it", "pending": "We're on it", "resolved": "Closed", "snoozed": "On hold"}),
+    ("es", {"open": "Estamos en ello", "pending": "Estamos en ello", "resolved": "Cerrado", "snoozed": "En espera"}),
 ])
 def test_dashboard_shows_a_localized_status_badge_for_every_status(portal, smtp, fake, lang, expected):
     ids = {status: fake.add_conversation(fake.jane, fake.api_inbox, f"A {status} ticket", status=status)
@@ -253,7 +255,9 @@ def test_dashboard_shows_each_tickets_last_activity_time(portal, smtp, fake):
     browser, page = sign_in(portal, smtp, JANE)
     row = dashboard_rows(page)[0]
     assert row["datetime"] == "2027-01-15T08:00:00Z"
-    assert "15 Jan 2027" in row["text"] and "08:00" in row["text"]
+    # Recent, so in words; the date is the element's title (tests/test_words.py).
+    assert "Last activity just now" in row["text"]
+    assert dom(page).find("time").attrs["title"] == "15 Jan 2027, 08:00 UTC"
 
 
 def test_dashboard_pages_all_thirty_tickets_of_a_contact_beyond_chatwoots_twenty_limit(portal, smtp, fake):
@@ -526,7 +530,7 @@ def test_replying_to_a_resolved_ticket_reopens_it(portal, fake, jane):
     page = jane.submit(page, f"/tickets/{ticket}/reply", message="It broke again")
     assert fake.conversation(ticket)["status"] == "open"
     badge = dom(page).find(predicate=lambda n: any("badge" in c for c in n.classes))
-    assert badge.text().strip() == "Open"
+    assert badge.text().strip() == "We're on it"
     assert "Sending a reply will reopen it" not in page.text
 
 
@@ -566,7 +570,7 @@ def test_cancel_resolves_through_toggle_status_and_never_patches(portal, fake, j
     assert calls_to(fake, "POST", f"/conversations/{ticket}/toggle_status")
     assert not calls_to(fake, "PATCH")
     badge = dom(page).find(predicate=lambda n: any("badge" in c for c in n.classes))
-    assert badge.text().strip() == "Resolved"
+    assert badge.text().strip() == "Closed"
 
 
 def test_cancel_confirmation_is_a_details_element_holding_a_plain_form(portal, fake, jane):

@@ -340,7 +340,7 @@ def _template_texts():
 def test_every_key_the_templates_translate_exists():
     used = {(name, key) for name, text in _template_texts().items() for key in TEMPLATE_KEY.findall(text)}
     assert len(used) > 30  # the scan does find the templates' keys
-    missing = sorted((name, key) for name, key in used if key not in i18n.MESSAGES)
+    missing = sorted((name, key) for name, key in used if key not in i18n.MESSAGES and key not in i18n.PLURALS)
     assert not missing
 
 
@@ -375,7 +375,7 @@ def test_every_message_key_portal_py_names_exists():
     assert {"ticket_created", "reply_sent", "reply_sent_reopened", "ticket_cancelled",
             "signed_out", "session_expired", "error_not_found", "error_csrf",
             "error_rate_limited", "ticket_number"} <= keys
-    assert sorted(key for key in keys if key not in i18n.MESSAGES) == []
+    assert sorted(key for key in keys if key not in i18n.MESSAGES and key not in i18n.PLURALS) == []
 
 
 @pytest.mark.parametrize("lang, expected", [("en", "en"), ("es", "es"), ("fr", "en"), ("", "en"), (None, "en")])
@@ -584,6 +584,70 @@ def test_secret_values_never_appear_in_the_config_repr():
     assert "smtp.example.com" in text  # the repr does show ordinary settings
     for secret in (SECRET, TOKEN_VALUE, SMTP_PASSWORD_VALUE):
         assert secret not in text
+
+
+def test_host_stays_as_set_when_smtp_from_defaults_to_the_portal_host():
+    settings = valid_settings(HOST="0.0.0.0", SMTP_USERNAME="relay-user", SMTP_PASSWORD="x")
+    config = load_config(settings, dotenv_path=None)
+    assert config.host == "0.0.0.0" and config.smtp_from == "no-reply@support.example.com"
+
+
+@pytest.mark.parametrize("typo, meant", [("SMTP_ADDRES", "SMTP_ADDRESS"), ("CHATWOT_URL", "CHATWOOT_URL"),
+                                         ("SMTP_PASS", "SMTP_PASSWORD"), ("smtp_port", "SMTP_PORT")])
+def test_a_misspelt_name_in_dotenv_is_a_warning_naming_the_closest_setting(tmp_path, typo, meant):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"{typo}=value\n", encoding="utf-8")
+    config = load_config(valid_settings(), dotenv_path=str(dotenv))
+    assert [w for w in config.warnings if typo in w] == [
+        f"{typo} in .env is not a setting of the portal and is ignored; did you mean {meant}?"]
+
+
+def test_a_misspelt_name_in_the_environment_is_a_warning_when_it_has_a_portal_prefix():
+    config = load_config(valid_settings(SMTP_SECURTY="ssl"), dotenv_path=None)
+    assert any("SMTP_SECURTY in the environment" in w and "SMTP_SECURITY?" in w for w in config.warnings)
+
+
+def test_other_programs_environment_variables_are_no_warning():
+    # SESSION_MANAGER is set by desktop sessions; CHATWOT_URL lacks a portal prefix.
+    settings = valid_settings(SESSION_MANAGER="local/host:@/tmp/.ICE-unix/1", CHATWOT_URL="x", PATH="/usr/bin",
+                              SMTP_ENABLE_STARTTLS_AUTO="true")
+    assert load_config(settings, dotenv_path=None).warnings == ()
+
+
+def test_a_name_in_both_dotenv_and_the_environment_is_flagged_once(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("SMTP_ADDRES=a\n", encoding="utf-8")
+    config = load_config(valid_settings(SMTP_ADDRES="b"), dotenv_path=str(dotenv))
+    assert len([w for w in config.warnings if "SMTP_ADDRES " in w]) == 1
+
+
+def test_a_misspelt_name_comes_with_the_problems_when_the_configuration_is_broken(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("SMTP_ADDRES=smtp.example.com\n", encoding="utf-8")
+    settings = valid_settings()
+    del settings["SMTP_ADDRESS"]
+    with pytest.raises(ConfigError) as caught:
+        load_config(settings, dotenv_path=str(dotenv))
+    assert any(problem.startswith("SMTP_ADDRESS is required") for problem in caught.value.problems)
+    assert any("did you mean SMTP_ADDRESS?" in warning for warning in caught.value.warnings)
+
+
+def test_an_smtp_password_sent_unencrypted_to_another_host_is_a_warning_without_the_password():
+    config = load_config(valid_settings(SMTP_SECURITY="none"), dotenv_path=None)
+    [warning] = [w for w in config.warnings if "unencrypted" in w]
+    assert "SMTP_SECURITY is none" in warning and "smtp.example.com" in warning
+    assert SMTP_PASSWORD_VALUE not in warning
+
+
+@pytest.mark.parametrize("settings", [dict(SMTP_SECURITY="none", SMTP_ADDRESS="localhost"),
+                                      dict(SMTP_SECURITY="none", SMTP_ADDRESS="127.0.0.1"),
+                                      dict(SMTP_SECURITY="none", SMTP_ADDRESS="::1"),
+                                      dict(SMTP_SECURITY="none", SMTP_USERNAME="", SMTP_PASSWORD=""),
+                                      dict(SMTP_SECURITY="starttls"), dict(SMTP_SECURITY="ssl")],
+                         ids=["localhost", "127.0.0.1", "::1", "no login", "starttls", "ssl"])
+def test_no_unencrypted_password_warning_for_a_local_relay_no_login_or_tls(settings):
+    config = load_config(valid_settings(**settings), dotenv_path=None)
+    assert not [w for w in config.warnings if "unencrypted" in w]
 
 
 # ---------------------------------------------------------------------------

@@ -1094,25 +1094,33 @@ class Portal:
 
     def unavailable(self, request, failure):
         log.warning("Chatwoot unavailable for %s %s: %s", request.method, request.route_label, failure)
-        status = 503 if isinstance(failure, ChatwootUnavailable) else 502
+        status = _failure_status(failure)
         retry = request.unsafe_path if request.method == "GET" else ""
         return self.render(request, "error.html", status, heading_key="error_unavailable_heading",
                            message_key="error_unavailable_page", retry=retry)
 
     def reply_form_again(self, request, ticket_id, untrusted_message, failure):
         log.warning("reply failed for ticket %s: %s", ticket_id, failure)
-        status = 503 if isinstance(failure, ChatwootUnavailable) else 502
-        return self.render(request, "reply_retry.html", status, ticket_id=ticket_id,
-                           reply=untrusted_message, form_id=request.field("form_id")[:64],
-                           files_again=request.files_chosen > 0,
-                           problem="error_unavailable" if status == 503 else "error_rejected")
+        return self.form_again(request, "reply", _failure_status(failure), ticket_id, reply=untrusted_message)
 
     def rating_form_again(self, request, ticket_id, rating, failure):
         log.warning("rating failed for ticket %s: %s", ticket_id, failure)
-        status = 503 if isinstance(failure, ChatwootUnavailable) else 502
-        return self.render(request, "rating_retry.html", status, ticket_id=ticket_id, rating=rating,
-                           FEEDBACK_MAX_CHARS=FEEDBACK_MAX_CHARS,
-                           problem="error_unavailable" if status == 503 else "error_rejected")
+        return self.form_again(request, "rating", _failure_status(failure), ticket_id, rating=rating)
+
+    def form_again(self, request, form, status, ticket_id, reply="", rating=None):
+        """The reply or rating form alone, filled in, after a refusal or a failure:
+        403 (a failed CSRF check), 413 (too large), 502/503 (Chatwoot refused or is down)."""
+        heading, problem = {403: ("error_csrf_heading", "form_reloaded"),
+                            413: ("form_too_large_heading", "form_too_large"),
+                            502: ("error_unavailable_heading", "error_rejected"),
+                            503: ("error_unavailable_heading", "error_unavailable")}[status]
+        multipart_body = request.environ.get("CONTENT_TYPE", "").lower().startswith("multipart/")
+        return self.render(request, "form_again.html", status, form=form, heading=heading, problem=problem,
+                           ticket_id=int(ticket_id), reply=reply,
+                           rating=rating or dict(value="", feedback="", error="", notice=""),
+                           form_id=request.field("form_id")[:64] or secrets.token_urlsafe(16),
+                           files_again=request.files_chosen > 0 or (status == 413 and multipart_body),
+                           FEEDBACK_MAX_CHARS=FEEDBACK_MAX_CHARS)
 
     def signin_with_draft(self, request, next_path, untrusted_draft, form, untrusted_fields):
         """The session ended while the customer typed: ask to sign in, show the text to copy.
@@ -1148,11 +1156,8 @@ class Portal:
                                priority=untrusted_priority if untrusted_priority in PRIORITY_CHOICES else NO_PRIORITY,
                                errors={}, problem=problem, form_id=form_id, files_again=files_again)
         rating = dict(value=request.field("rating"), feedback=request.text_field("feedback"), error="", notice="")
-        return self.render(request, "form_again.html", status, form="reply" if handler_name == "reply" else "rating",
-                           heading="error_csrf_heading" if status == 403 else "form_too_large_heading",
-                           ticket_id=int(ticket_id), reply=request.text_field("message"), rating=rating,
-                           form_id=form_id, files_again=files_again, FEEDBACK_MAX_CHARS=FEEDBACK_MAX_CHARS,
-                           problem=problem)
+        return self.form_again(request, "reply" if handler_name == "reply" else "rating", status, ticket_id,
+                               reply=request.text_field("message"), rating=rating)
 
     def contact_gone(self, request):
         self.sessions.delete(request.session.id)
@@ -1207,6 +1212,11 @@ def _query_string(fields):
 
 def _json_response(status, data):
     return Response(status, json.dumps(data), "application/json")
+
+
+def _failure_status(failure):
+    """503 when Chatwoot could not answer (try again soon), 502 when it refused."""
+    return 503 if isinstance(failure, ChatwootUnavailable) else 502
 
 
 def upload_status(problems):

@@ -22,6 +22,11 @@ to docs/screenshots/:
 - dashboard-filtered: max@example.com's 64 tickets, all statuses, searched for
   "order", on page 2 of 2: tabs with counts, the search box, priority badges and
   the page links in one desktop picture.
+
+A representative set is also shot in dark mode (the system's setting, emulated
+with Chromium's DevTools protocol), as <name>-dark-desktop.png and
+<name>-dark-phone.png: signin, signin-code, dashboard-unread, ticket-attachments,
+new-ticket-files, ticket-rating, ticket-rated and dashboard-filtered.
 """
 
 import re
@@ -80,6 +85,7 @@ IN_VIEW = """
 var box = document.querySelector(arguments[0]).getBoundingClientRect();
 return box.top >= 0 && box.bottom <= window.innerHeight;
 """
+DARK = "return window.matchMedia('(prefers-color-scheme: dark)').matches;"
 IMAGES_LOADED = """
 return Array.prototype.every.call(document.images, function (img) {
   return img.complete && img.naturalWidth > 0;
@@ -102,43 +108,48 @@ def main():
         browser.clear()
         shots = []
 
-        def shoot(name, scroll_to=None, must_show=None):
+        def shoot(name, scroll_to=None, must_show=None, dark=False):
             """Both sizes of the page as it is. `scroll_to`: the element to bring to
             the top first; `must_show`: the element that must then be wholly in
-            the picture. Either is a CSS selector, or a dict of them by size."""
-            for size in VIEWPORTS:
-                target, wanted = (rule.get(size) if isinstance(rule, dict) else rule
-                                  for rule in (scroll_to, must_show))
-                if target:  # after the resize: each size scrolls by its own layout
-                    browser.show_at(size)
-                    browser.driver.execute_script(SCROLL_TO, target)
-                    WebDriverWait(browser.driver, 10).until(lambda d: d.execute_script(IMAGES_LOADED))
-                if wanted:
-                    browser.show_at(size)
-                    assert browser.driver.execute_script(IN_VIEW, wanted), f"{wanted} is cut off in {name}-{size}"
-                shots.append(browser.screenshot(OUT, name, size))
+            the picture. Either is a CSS selector, or a dict of them by size.
+            `dark`: then both sizes again in dark mode, as <name>-dark-<size>."""
+            for scheme in ("light", "dark") if dark else ("light",):
+                browser.prefer(scheme)
+                assert browser.driver.execute_script(DARK) == (scheme == "dark"), f"{name} is not {scheme}"
+                for size in VIEWPORTS:
+                    target, wanted = (rule.get(size) if isinstance(rule, dict) else rule
+                                      for rule in (scroll_to, must_show))
+                    if target:  # after the resize: each size scrolls by its own layout
+                        browser.show_at(size)
+                        browser.driver.execute_script(SCROLL_TO, target)
+                        WebDriverWait(browser.driver, 10).until(lambda d: d.execute_script(IMAGES_LOADED))
+                    if wanted:
+                        browser.show_at(size)
+                        assert browser.driver.execute_script(IN_VIEW, wanted), f"{wanted} is cut off in {name}-{size}"
+                    shots.append(browser.screenshot(OUT, name if scheme == "light" else f"{name}-dark", size))
+            browser.prefer("light")
             browser.show_at("desktop")
             browser.driver.execute_script("window.scrollTo(0, 0)")
 
         browser.open("/portal/")
         browser.driver.execute_script("document.activeElement.blur()")  # no caret or ring in the picture
-        shoot("signin")
+        shoot("signin", dark=True)
         browser.type_into("E-mail address", JANE)
         browser.click(browser.button("Send me a sign-in link"))
         assert "Check your e-mail" in browser.page_text(), browser.page_text()
         browser.type_into("Code from the e-mail", code_for(catcher, JANE))
         browser.driver.execute_script("document.activeElement.blur()")
-        shoot("signin-code")
+        shoot("signin-code", dark=True)
         browser.click(browser.button("Sign in with the code"))
         assert browser.path.startswith("/portal/dashboard"), browser.path
         # First visit: nothing read yet, so the agents' latest replies are new.
         listed = browser.find(".ticket-list").get_attribute("textContent")  # textContent: not upper-cased by CSS
         assert "New reply" in listed and "Waiting for your reply" in listed, listed
-        shoot("dashboard-unread")
+        shoot("dashboard-unread", dark=True)
         fire = find_ticket(fake, "Printer on fire")
         browser.open(f"/portal/tickets/{fire}")
         shoot("ticket")
-        shoot("ticket-attachments", scroll_to=".message:has(+ .message .attachment-image)")
+        shoot("ticket-attachments", scroll_to=".message:has(+ .message .attachment-image)", dark=True)
         browser.open("/portal/dashboard?status=all")
         shoot("dashboard")
         browser.open("/portal/tickets/new")
@@ -156,17 +167,17 @@ def main():
             # A file input takes the paths as typed keys; with `multiple`, one per line.
             browser.find("#files").send_keys("\n".join(str(path) for path in chosen))
             browser.driver.execute_script("document.activeElement.blur()")
-            shoot("new-ticket-files", scroll_to="label[for=subject]")
+            shoot("new-ticket-files", scroll_to="label[for=subject]", dark=True)
         scanner = find_ticket(fake, "Scanner driver")
         browser.open(f"/portal/tickets/{scanner}")
         browser.find(".rating-form input[name=rating][value='4']").click()
         browser.type_into("Comment (optional)", "Quick and clear answer, the scanner works again.")
         browser.driver.execute_script("document.activeElement.blur()")
-        shoot("ticket-rating", scroll_to="#latest")
+        shoot("ticket-rating", scroll_to="#latest", dark=True)
         browser.click(browser.button("Send rating"))
         assert "You rated this 4 out of 5." in browser.page_text(), browser.page_text()
         # The top of the page: the thanks, the whole (short) thread and the rating given.
-        shoot("ticket-rated", scroll_to="body", must_show="#rating")
+        shoot("ticket-rated", scroll_to="body", must_show="#rating", dark=True)
         browser.clear()
         browser.open("/portal/")
         browser.type_into("E-mail address", MAX)
@@ -179,7 +190,7 @@ def main():
         assert browser.find("#q").get_attribute("value") == "order"
         assert browser.find_all(".pagination a"), "no page links"
         shoot("dashboard-filtered", scroll_to={"desktop": ".page-head", "phone": "body"},
-              must_show={"desktop": ".pagination"})
+              must_show={"desktop": ".pagination"}, dark=True)
         for path in shots:
             print(path.relative_to(HERE.parent))
     finally:

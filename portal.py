@@ -1211,7 +1211,9 @@ def _query_string(fields):
 
 
 def _json_response(status, data):
-    return Response(status, json.dumps(data), "application/json")
+    # Never a page, even in a browser that ignored the type (ASVS 14.4.2).
+    return Response(status, json.dumps(data), "application/json",
+                    [("Content-Disposition", 'attachment; filename="portal.json"')])
 
 
 def _failure_status(failure):

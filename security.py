@@ -81,6 +81,7 @@ class Session:
     name: str
     last_seen: float
     flash: str = ""
+    started: float = 0.0  # sign-in time: a session ends MAX_SESSION_SECONDS after it, active or not
     # form_id -> DoneOnce, so a double-submitted form acts once (see `once`).
     forms: dict = dataclasses.field(default_factory=dict)
 
@@ -100,6 +101,9 @@ MAX_FORMS_PER_SESSION = 32
 # Sessions are made only by magic links (rate-limited mail), so this is never
 # reached in practice; it bounds memory if limits are ever set very high.
 MAX_SESSIONS = 100_000
+# However active, a session ends this long after its sign-in (ASVS 3.3.2): a
+# stolen cookie stops working the same day, and a magic link is quick to ask for.
+MAX_SESSION_SECONDS = 12 * 3600
 
 
 class SessionStore:
@@ -111,7 +115,8 @@ class SessionStore:
         self._next_sweep = 0.0
 
     def create(self, contact_id, email, name):
-        session = Session(secrets.token_urlsafe(32), contact_id, email, name, self._clock())
+        now = self._clock()
+        session = Session(secrets.token_urlsafe(32), contact_id, email, name, now, started=now)
         with self._lock:
             self._sweep_if_due()
             while len(self._sessions) >= MAX_SESSIONS:  # the oldest sign-in goes first
@@ -127,7 +132,7 @@ class SessionStore:
             session = self._sessions.get(session_id)
             if session is None:
                 return None
-            if now - session.last_seen > self.idle_seconds:
+            if now - session.last_seen > self.idle_seconds or now - session.started > MAX_SESSION_SECONDS:
                 del self._sessions[session_id]
                 return None
             session.last_seen = now
@@ -157,7 +162,8 @@ class SessionStore:
             return len(self._sessions)
 
     def _sweep_if_due(self):
-        _sweep(self, self._sessions, lambda session, now: now - session.last_seen > self.idle_seconds)
+        _sweep(self, self._sessions, lambda session, now: now - session.last_seen > self.idle_seconds
+               or now - session.started > MAX_SESSION_SECONDS)
 
 
 # ---------------------------------------------------------------------------
@@ -204,6 +210,10 @@ MAX_MAGIC_LINKS = 50_000
 # codes, and only a new (rate-limited) mail starts afresh: a guesser gets 5 tries
 # at the few codes an address has live, then must make the customer get a mail.
 MAX_WRONG_CODES = 5
+# Wrong codes an address may see in a day, whatever number of mails it asked for:
+# past that its codes stop working until the day is over (its links still do).
+# 20 guesses against a few live 6-digit codes: a chance of about 1 in 6,000 a day.
+WRONG_CODES_PER_DAY = 20
 # Retired tokens are remembered this long, so a used or expired link's page can say
 # which it was and offer a new link to its own address. Only issued tokens get a
 # record, so the cap (oldest forgotten first) bounds memory, not a guessing flood.
@@ -236,6 +246,8 @@ class MagicLinkStore:
         self._retired = collections.OrderedDict()  # token digest -> RetiredLink, oldest first
         # address -> wrong codes so far; kept only while the address has links.
         self._wrong_codes = {}
+        # Across mails too: asking for new ones must not buy endless guesses.
+        self._daily_wrong_codes = RateLimiter(WRONG_CODES_PER_DAY, 86400, clock=clock)
         self._lock = threading.Lock()
         self._next_sweep = 0.0
 
@@ -307,11 +319,12 @@ class MagicLinkStore:
                     if _address(link.email) == email and link.expires >= now]
             if not live:
                 return None  # nothing to guess at: no count, so no memory for strangers
-            if code:
+            if code and not self._daily_wrong_codes.exhausted(email):
                 for _, link in live:
                     if hmac.compare_digest(link.code_digest.encode("ascii"), wanted):
                         self._retire_contact(link)
                         return link
+            self._daily_wrong_codes.hit(email)
             wrong = self._wrong_codes.get(email, 0) + 1
             if wrong < MAX_WRONG_CODES:
                 self._wrong_codes[email] = wrong
@@ -412,6 +425,12 @@ class RateLimiter:
             if self._hits[key] and self._hits[key][-1] > now - self.window:
                 return
             del self._hits[key]
+
+    def exhausted(self, key):
+        """True when `key` has used up its hits in the current window (counts nothing)."""
+        now = self._clock()
+        with self._lock:
+            return sum(1 for t in self._hits.get(key, ()) if t > now - self.window) >= self.limit
 
     def forget(self, key):
         """Start `key` afresh (its requests proved legitimate)."""

@@ -433,6 +433,11 @@ def test_nginx_s_own_redirect_to_the_portal_carries_hsts(front):
     assert page.headers_named("Strict-Transport-Security") == [HSTS]
 
 
+def test_nginx_s_own_answers_name_no_version(front):
+    page = front.browser().get("/portal", follow=False)
+    assert page.header("Server") == "nginx"  # not nginx/1.22.1
+
+
 def test_a_form_of_exactly_the_portals_body_limit_reaches_the_portal(front):
     csrf = csrf_pass(front.port)
     page = ask_for_link(front.port, "127.0.0.1", "someone@example.org", csrf, size=MAX_BODY_BYTES)

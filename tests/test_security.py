@@ -623,6 +623,7 @@ def test_healthz_answers_json_ok(portal, fake):
     page = portal.browser().get(portal.url("/healthz"))
     assert page.status == 200
     assert page.header("Content-Type").startswith("application/json")
+    assert page.header("Content-Disposition").startswith("attachment")  # never rendered as a page
     assert json.loads(page.body)["status"] == "ok"
 
 

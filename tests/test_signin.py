@@ -774,3 +774,12 @@ def test_the_chosen_language_wins_over_accept_language(portal):
     page = choose_language(portal, browser, "en")
     assert html_lang(page) == "en"
     assert html_lang(browser.get(portal.url("/auth/verify?token=x"))) == "en"
+
+
+def test_even_an_always_active_session_ends_twelve_hours_after_sign_in(portal, smtp, clock):
+    browser, _ = sign_in(portal, smtp, "jane@example.com")
+    for _ in range(35):  # a request every 20 minutes for 11 h 40 min
+        clock.advance(20 * 60)
+        assert is_signed_in(portal, browser)
+    clock.advance(21 * 60)
+    assert not is_signed_in(portal, browser)

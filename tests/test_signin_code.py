@@ -683,3 +683,17 @@ def _strings_reachable_from(root):
         elif hasattr(item, "__dict__"):
             stack.extend(vars(item).values())
     return found
+
+
+def test_new_mails_do_not_buy_endless_guesses_twenty_wrong_codes_a_day_stop_the_codes(clock):
+    store = MagicLinkStore(TTL, clock)
+    for _ in range(security.WRONG_CODES_PER_DAY):  # a fresh mail whenever the last was locked
+        if not len(store):
+            store.issue_with_code(17, "jane@example.com", "Jane", "en", "")
+        assert store.redeem_code("jane@example.com", "000000") is None
+    sent = store.issue_with_code(17, "jane@example.com", "Jane", "en", "")
+    assert store.redeem_code("jane@example.com", sent.code) is None  # codes are off for today
+    assert store.consume(sent.token) is not None  # the link in the mail still works
+    clock.advance(86400 + 1)
+    sent = store.issue_with_code(17, "jane@example.com", "Jane", "en", "")
+    assert store.redeem_code("jane@example.com", sent.code) is not None  # a new day

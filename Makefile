@@ -8,7 +8,7 @@ AXE := $(VENV)/node_modules/axe-core/axe.min.js
 # otherwise those tests are skipped with a note, unless REQUIRE_SYSTEM_TOOLS=1.
 SYSTEM_PACKAGES := chromium chromium-driver nginx systemd openssl
 
-.PHONY: demo test bench check system-tools clean
+.PHONY: demo test fuzz bench check system-tools clean
 
 $(BIN)/.installed-runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,15 @@ demo: $(BIN)/.installed-runtime  ## run the portal on an embedded fake Chatwoot
 test: $(BIN)/.installed-test system-tools $(AXE)  ## the whole test suite
 	$(BIN)/python -m pytest -q
 
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(BIN)/.installed-test  ## fuzz the WSGI entry point with FUZZ_EXAMPLES requests (prints the count)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+
 bench: $(BIN)/.installed-test  ## print the performance figures
 	$(BIN)/python bench/bench.py
+
+soak: $(BIN)/.installed-test  ## 30,000 mixed requests at concurrency 32: errors, leaks, losses
+	timeout 360 $(BIN)/python bench/soak.py --requests 30000 --concurrency 32 --time-limit 180
 
 check: $(BIN)/.installed-runtime  ## validate .env and reach Chatwoot and SMTP
 	$(BIN)/python portal.py --check

@@ -60,6 +60,9 @@ FILE_CHUNK_BYTES = 64 * 1024
 MAX_IDLE_SECONDS = 15
 # Idle connections kept: up to two calls in flight for each of waitress' 16 threads.
 POOL_SIZE = 32
+# The largest JSON answer read (a page of 1000 messages is a few MB): a bigger one
+# is refused unread, never held whole, whatever Chatwoot or a proxy sends.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 STATUSES = ("open", "pending", "resolved", "snoozed")
 # Chatwoot's priority enum (part 2 §2); no priority is null in its JSON, "" here.
@@ -256,7 +259,10 @@ class ChatwootClient:
             # Blocked in Chatwoot: its tickets are closed on arrival and replies
             # never reopen them. Treated as unknown, like any non-customer.
             return None
-        return Contact(int(contact["id"]), email, str(contact.get("name") or ""))
+        contact_id = _int(contact.get("id"))
+        if contact_id <= 0:
+            raise ChatwootUnavailable("unexpected answer: a contact without an id")
+        return Contact(contact_id, email, str(contact.get("name") or ""))
 
     # -- Tickets ------------------------------------------------------------
 
@@ -277,6 +283,8 @@ class ChatwootClient:
             except ChatwootError as error:
                 if not isinstance(error, ChatwootRejected) and error.status != 500:
                     raise  # down or slow: the page says so, the filter is not to blame
+                if error.status in (401, 403):
+                    raise  # the token was refused, not the filter: no fallback for good
                 self._filter_unsupported = True
                 log.warning("conversations/filter on contact_id failed (%s): Chatwoot is older than 4.14.2? "
                             "Showing each contact's latest conversations only, filtered by the portal", error)
@@ -432,7 +440,7 @@ class ChatwootClient:
             data = self._call("POST", "/conversations", body=body)
         try:
             return int(data["id"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise ChatwootUnavailable("unexpected answer: no conversation id") from None
 
     def set_priority(self, conversation_id, priority):
@@ -738,7 +746,7 @@ class ChatwootClient:
                                        headers=sent)
                     _ack_promptly(connection.sock)
                     response = connection.getresponse()
-                    raw = response.read()
+                    raw = _read_bounded(response)
                 except (OSError, http.client.HTTPException) as error:
                     connection.close()
                     if reused and idempotent and attempt == 1 and not isinstance(error, TimeoutError):
@@ -746,6 +754,9 @@ class ChatwootClient:
                     status = "timeout" if isinstance(error, TimeoutError) else "unreachable"
                     raise ChatwootUnavailable(f"{type(error).__name__}: {error}") from None
                 status = response.status
+                if raw is None:  # larger than any answer the portal asks for: left unread
+                    connection.close()
+                    raise ChatwootUnavailable(f"HTTP {status} answer larger than {MAX_RESPONSE_BYTES} bytes")
                 if response.will_close:
                     connection.close()
                 else:
@@ -805,7 +816,7 @@ class ChatwootClient:
 def _decode(status, raw, public=False):
     try:
         data = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
         data = None
     if 200 <= status < 300:
         if data is None:
@@ -828,6 +839,15 @@ def _decode(status, raw, public=False):
             raise ChatwootNotFound(status, message)
         raise ChatwootUnavailable(f"HTTP 404 from something that is not the Chatwoot API: {message}")
     raise ChatwootRejected(status, message)
+
+
+def _read_bounded(response):
+    """The body of an API answer, or None when it is over MAX_RESPONSE_BYTES."""
+    if response.length is not None:
+        # Announced: too large is refused unread; otherwise read() checks it all came.
+        return None if response.length > MAX_RESPONSE_BYTES else response.read()
+    raw = response.read(MAX_RESPONSE_BYTES + 1)  # chunked or unannounced: read up to the cap
+    return None if len(raw) > MAX_RESPONSE_BYTES else raw
 
 
 def _token_not_seen(status, raw):
@@ -874,7 +894,7 @@ def _ticket(item):
     try:
         conversation_id = int(item["id"])
         contact_id = int(item["meta"]["sender"]["id"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
     attributes = item.get("additional_attributes") or {}
     subject = attributes.get("mail_subject") if isinstance(attributes, dict) else None
@@ -898,7 +918,7 @@ def _ticket(item):
         waiting_on_customer=status in ("open", "pending") and not item.get("waiting_since")
         and bool(item.get("first_reply_created_at")),
         last_agent_reply_id=max((_int(m.get("id")) for m in (item.get("last_non_activity_message"),
-                                                             *(item.get("messages") or ()))
+                                                             *_items(item.get("messages")))
                                  if _is_agent_reply(m)), default=0),
         uuid=item["uuid"] if isinstance(item.get("uuid"), str) else "",
         snoozed_until=_iso_seconds(item.get("snoozed_until")) if status == "snoozed" else 0,
@@ -922,7 +942,7 @@ def _is_agent_reply(raw):
     """A public message a person on the support team wrote (REST or push shape)."""
     if not isinstance(raw, dict) or raw.get("private") is not False:
         return False
-    if MESSAGE_TYPE_BY_NAME.get(raw.get("message_type"), raw.get("message_type")) != OUTGOING:
+    if _message_type(raw) != OUTGOING:
         return False
     sender = raw.get("sender") if isinstance(raw.get("sender"), dict) else {}
     return sender.get("type") == "user" or raw.get("sender_type") == "User"
@@ -935,16 +955,15 @@ def _public_messages(raw_messages):
         # Anything not plainly public (true, "true", 1...) counts as a private note.
         if not isinstance(raw, dict) or raw.get("private") not in (False, None):
             continue
-        message_type = raw.get("message_type")
         # An int in REST answers, a string in webhooks (contract §1.5): accept both.
-        message_type = MESSAGE_TYPE_BY_NAME.get(message_type, message_type)
+        message_type = _message_type(raw)
         if message_type not in (INCOMING, OUTGOING, TEMPLATE) or raw.get("content_type") == "input_csat":
             continue  # activity lines are internal; a CSAT survey shows as a Survey (_survey)
         content = raw.get("content")
         content = content if isinstance(content, str) else ""
         # The dashboard editor writes a hard line break as backslash + newline.
         content = content.replace("\\\n", "\n").strip("\n")
-        attachments = tuple(filter(None, map(_attachment, raw.get("attachments") or ())))
+        attachments = tuple(filter(None, map(_attachment, _items(raw.get("attachments")))))
         if not content and not attachments:
             continue
         sender = raw.get("sender") if isinstance(raw.get("sender"), dict) else {}
@@ -976,7 +995,7 @@ def _survey(raw):
     if not isinstance(raw, dict) or raw.get("private") not in (False, None) \
             or raw.get("content_type") != "input_csat":
         return None
-    if MESSAGE_TYPE_BY_NAME.get(raw.get("message_type"), raw.get("message_type")) == ACTIVITY:
+    if _message_type(raw) == ACTIVITY:
         return None
     answer = raw.get("content_attributes")
     for key in ("submitted_values", "csat_survey_response"):
@@ -1002,7 +1021,10 @@ def _attachment(raw):
     attachment_id, data_url = _int(raw.get("id")), raw.get("data_url")
     if not attachment_id or not isinstance(data_url, str) or not data_url:
         return None
-    name = urllib.parse.unquote(urllib.parse.urlsplit(data_url).path.rsplit("/", 1)[-1])
+    try:
+        name = urllib.parse.unquote(urllib.parse.urlsplit(data_url).path.rsplit("/", 1)[-1])
+    except ValueError:  # "http://[bad": no name to take from it
+        name = ""
     name = name.replace("/", "_").replace("\\", "_")[:255]
     thumb_url = raw.get("thumb_url")
     return Attachment(id=attachment_id, filename=name or f"file-{attachment_id}",
@@ -1079,8 +1101,19 @@ def _excerpt(text, limit=80):
 def _int(value):
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's 1e999
         return 0
+
+
+def _message_type(raw):
+    """A message's type as INCOMING... (from an int or a name); None for anything else."""
+    value = raw.get("message_type")
+    return MESSAGE_TYPE_BY_NAME.get(value, value) if isinstance(value, (str, int)) else None
+
+
+def _items(value):
+    """A JSON list, or () for anything else (null, a number, an object)."""
+    return value if isinstance(value, list) else ()
 
 
 def _dropped(sock):

@@ -54,7 +54,9 @@ class Mailer:
             message["To"] = email.headerregistry.Address(addr_spec=to)
         except (ValueError, IndexError, email.errors.HeaderParseError):
             raise MailError("failed (not a single address)") from None
-        message["Subject"] = subject
+        # One line: a ticket's subject (typed by a customer, or from an e-mail) may hold
+        # line breaks, which the email package refuses in a header (the mail would never go).
+        message["Subject"] = " ".join(subject.split())
         message["Date"] = email.utils.formatdate(localtime=False)
         message["Message-ID"] = email.utils.make_msgid(domain=self._config.smtp_from.rpartition("@")[2] or None)
         message["Auto-Submitted"] = "auto-generated"  # no out-of-office replies to a robot

@@ -39,7 +39,7 @@ test: $(BIN)/.installed-test system-tools $(AXE)  ## the whole test suite
 
 FUZZ_EXAMPLES ?= 100000
 fuzz: $(BIN)/.installed-test  ## fuzz the WSGI entry point with FUZZ_EXAMPLES requests (prints the count)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+	HYPOTHESIS_RANDOM=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
 bench: $(BIN)/.installed-test  ## print the performance figures
 	$(BIN)/python bench/bench.py

@@ -369,6 +369,7 @@ class FakeChatwoot:
         self._contacts = {}
         self._contact_inboxes = {}
         self._conversations = {}  # display_id -> record
+        self._by_contact = {}  # str(contact id) -> its conversation records (the filter's index)
         self._messages = {}  # global message id -> record
         self._threads = {}  # display_id -> its message records, in id order
         self._blobs = {}  # attachment key -> attachment record
@@ -834,6 +835,7 @@ class FakeChatwoot:
             "agent_last_seen_at": None, "assignee_last_seen_at": None,
             "contact_last_seen_at": None, "first_reply_created_at": None, "waiting_since": None,
         }
+        self._by_contact.setdefault(str(contact_inbox["contact_id"]), []).append(self._conversations[display_id])
         return self._conversations[display_id]
 
     def _create_message(self, conversation, type_code, content, private, author, created_at=None,
@@ -1544,6 +1546,18 @@ message by {esc(agent)}, and the account's webhooks
                 if any(all(test(record, operator, values) for test, operator, values in group)
                        for group in groups)]
 
+    def _filter_candidates(self, conditions):
+        """The conversations a filter can match: with no OR and a `contact_id
+        equal_to`, only that contact's (what Postgres' index does); else all. The
+        same answer either way, without a scan of every conversation per call."""
+        conditions = conditions if isinstance(conditions, list) else []
+        joiners = {str((c or {}).get("query_operator") or "").upper() for c in conditions if isinstance(c, dict)}
+        contacts = [c for c in conditions if isinstance(c, dict) and c.get("attribute_key") == "contact_id"
+                    and c.get("filter_operator") == "equal_to" and isinstance(c.get("values"), list)]
+        if "OR" in joiners or not contacts:
+            return list(self._conversations.values())
+        return [c for v in {str(v) for v in contacts[0]["values"]} for c in self._by_contact.get(v, ())]
+
     @staticmethod
     def _text_test(field):
         """A text attribute: equal/contains compare with the first value, case-insensitively."""
@@ -1656,7 +1670,7 @@ message by {esc(agent)}, and the account's webhooks
                                       lambda record, operator, values: subject_test(
                                           {"mail_subject": record["additional_attributes"].get("mail_subject")},
                                           operator, [str(v).strip() for v in values]))
-        matches = self._run_filter(request, attributes, list(self._conversations.values()))
+        matches = self._run_filter(request, attributes, self._filter_candidates(request.params.get("payload")))
         matches.sort(key=lambda c: (c["last_activity_at"], c["display_id"]), reverse=True)
         page = max(_to_i(request.params.get("page", 1)), 1)
         shown = matches[(page - 1) * CONVERSATION_PAGE_SIZE:][:CONVERSATION_PAGE_SIZE]

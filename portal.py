@@ -270,7 +270,8 @@ def _parse_cookies(header):
     """
     cookies = {}
     for pair in header.split(";"):
-        name, sep, value = pair.strip().partition("=")
+        name, sep, value = pair.partition("=")
+        name = name.strip()  # "name = value" is the cookie "name" (RFC 6265 §5.2)
         if sep and name and name not in cookies:
             cookies[name] = value.strip().strip('"')
     return cookies

@@ -1,6 +1,6 @@
 """The real nginx in front of the portal and Chatwoot, configured by nginx.conf.example.
 
-Issue 4 (nginx). The Debian nginx runs as the current user with everything it
+The Debian nginx runs as the current user with everything it
 writes (pid, logs, temporary files) under the test's tmp_path. The test takes the
 example's server blocks and changes only what a test machine needs: upstreams point
 at the test portal and the fake Chatwoot, listen ports are free ports on 127.0.0.1,

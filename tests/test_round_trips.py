@@ -1,6 +1,6 @@
 """Chatwoot round trips per customer action, counted at the fake Chatwoot.
 
-The table these tests hold the portal to (issue: performance):
+The table these tests hold the portal to:
 
     request a magic link (known address)   1
     dashboard page (any filter, any size)  2, issued concurrently (the page, the other status count)

@@ -1,5 +1,6 @@
-"""SECURITY.md stays true: every test it names exists, every ASVS row has a status
-and a proof (or says why none), and it names every asset and attacker."""
+"""SECURITY.md stays true: every test it names exists, every threat and every ASVS
+row names at least one existing test as its proof, every ASVS row has a status, and
+the document names every asset and attacker."""
 
 import ast
 import re
@@ -67,6 +68,27 @@ def status_of(cell):
     return match.group(1) if match else None
 
 
+def named_test_exists(file, name):
+    """Whether tests/<file> defines the test function <name> at its top level."""
+    path = ROOT / "tests" / file
+    return path.is_file() and name.startswith("test_") and name in defined_functions(path)
+
+
+def missing_tests(cell):
+    """The references in `cell` that name no existing test."""
+    return [f"tests/{file}::{name}" for file, name in references(cell) if not named_test_exists(file, name)]
+
+
+def threat_proofs(text):
+    """(title, the text of its Proof) for each threat of section 4."""
+    proofs = []
+    for threat in re.split(r"^#### ", text, flags=re.M)[1:]:
+        title = threat.splitlines()[0]
+        body = threat.split("\n### ")[0].split("\n## ")[0]
+        proofs.append((title, body.partition("**Proof:**")[2]))
+    return proofs
+
+
 def test_the_security_document_exists_and_names_tests():
     assert DOC.is_file()
     assert len(references(doc())) >= 30
@@ -82,7 +104,7 @@ def test_every_named_test_exists(file, name):
     assert name in defined_functions(path)
 
 
-def test_every_threat_names_its_defence_and_a_test():
+def test_every_threat_names_its_defence():
     text = doc()
     threats = re.split(r"^#### ", text, flags=re.M)[1:]
     assert len(threats) >= 20
@@ -90,27 +112,49 @@ def test_every_threat_names_its_defence_and_a_test():
         title = threat.splitlines()[0]
         body = threat.split("\n### ")[0].split("\n## ")[0]
         assert "**Defence:**" in body, title
-        proof = body.partition("**Proof:**")[2]
+
+
+def test_every_threat_names_at_least_one_existing_test_as_its_proof():
+    proofs = threat_proofs(doc())
+    assert len(proofs) >= 20
+    for title, proof in proofs:
         assert references(proof), f"threat {title!r} names no test as its proof"
+        assert not missing_tests(proof), f"threat {title!r} names tests that do not exist: {missing_tests(proof)}"
 
 
-def test_every_asvs_row_has_a_status_and_a_test_or_a_reason():
+def test_every_asvs_row_has_a_status_saying_why_when_not_met():
     rows = asvs_rows(doc())
     assert len(rows) >= 60
     ids = [asvs_id for asvs_id, _ in rows]
     assert len(ids) == len(set(ids)), "an ASVS requirement appears twice"
     for asvs_id, cells in rows:
         assert len(cells) == 5, f"{asvs_id}: expected id, requirement, status, where, test"
-        _, requirement, status, _, test = cells
+        _, requirement, status, _, _ = cells
         assert requirement, asvs_id
         assert status_of(status) in STATUSES, f"{asvs_id}: status {status!r} is not met / not applicable / not met"
         if status_of(status) != "met":
             # "not met because", "not applicable: no passwords"
             assert len(status) > len(status_of(status)) + 5, f"{asvs_id}: {status!r} does not say why"
-        assert references(test) or test.lower().startswith("none:"), \
-            f"{asvs_id}: names no test and does not say why none ({test!r})"
-        if test.lower().startswith("none:"):
-            assert len(test) > len("none:") + 5, f"{asvs_id}: 'none:' without a reason"
+
+
+def test_every_asvs_row_names_at_least_one_existing_test():
+    """Not applicable or not met included: a reason is no proof. The Test column
+    holds references only, each one a test that exists."""
+    rows = asvs_rows(doc())
+    assert len(rows) >= 60
+    for asvs_id, cells in rows:
+        test = cells[-1]
+        assert references(test), f"{asvs_id}: the Test column names no tests/<file>.py::<test> ({test!r})"
+        assert not missing_tests(test), f"{asvs_id}: names tests that do not exist: {missing_tests(test)}"
+        leftover = REFERENCE.sub("", test).replace("`", "").replace(",", "").strip()
+        assert leftover == "", f"{asvs_id}: the Test column holds more than references: {leftover!r}"
+
+
+def test_the_row_checks_refuse_a_row_without_an_existing_test():
+    for cell in ("none: no passwords", "—", "`tests/test_signin.py::test_that_was_never_written`",
+                 "`tests/no_such_file.py::test_anything`", "`tests/test_signin.py::request_link`"):
+        assert not references(cell) or missing_tests(cell), cell
+    assert not missing_tests("`tests/test_security_md.py::test_every_asvs_row_names_at_least_one_existing_test`")
 
 
 def test_the_asvs_table_covers_each_chapter_asked_for():

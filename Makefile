@@ -6,7 +6,7 @@ AXE := $(VENV)/node_modules/axe-core/axe.min.js
 # Debian packages the deployment and browser tests drive: real Chromium, nginx,
 # systemd-analyze (and openssl for a throwaway certificate). Installed when missing and we may (root with apt-get);
 # otherwise those tests are skipped with a note, unless REQUIRE_SYSTEM_TOOLS=1.
-SYSTEM_PACKAGES := chromium chromium-driver nginx systemd openssl
+SYSTEM_PACKAGES := chromium chromium-driver nginx systemd openssl redis-server
 
 .PHONY: demo test fuzz bench check system-tools clean
 
@@ -26,7 +26,7 @@ $(AXE):
 system-tools:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
 	    && command -v nginx >/dev/null && command -v systemd-analyze >/dev/null \
-	    && command -v openssl >/dev/null; then :; \
+	    && command -v openssl >/dev/null && command -v redis-server >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else echo "note: install $(SYSTEM_PACKAGES) to run the browser, nginx and systemd tests"; fi

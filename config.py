@@ -36,7 +36,7 @@ TYPO_CUTOFF = 0.8
 # The environment holds much besides the portal's settings (PATH, SESSION_MANAGER,
 # other services'), so only names with these prefixes are checked for typos there;
 # every name in .env is, as that file is the portal's own.
-TYPO_PREFIXES = ("CHATWOOT_", "SMTP_", "PORTAL_", "WEBHOOK_", "NOTIFY_", "ATTACHMENT_")
+TYPO_PREFIXES = ("CHATWOOT_", "SMTP_", "PORTAL_", "WEBHOOK_", "NOTIFY_", "ATTACHMENT_", "STATE_")
 # SMTP_SECURITY=none sends SMTP_PASSWORD in the clear; harmless only on this host.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -90,6 +90,8 @@ SETTINGS = (
     Setting("NOTIFY_INBOXES", "", "Comma-separated ids of the inboxes whose agent replies are mailed to the customer; default CHATWOOT_INBOX_ID. E-mail inboxes mail their contacts themselves."),
     Setting("NOTIFY_DELAY_SECONDS", "60", "Agent replies to one ticket within this many seconds go out as one mail; the customer reading the ticket meanwhile cancels it. 0 mails each reply at once."),
     Setting("STATE_DIR", str(DEFAULT_STATE_DIR), "Writable folder for the portal's state file (the reply-mail queue, customers' languages); systemd's StateDirectory."),
+    Setting("STATE_URL", "", "Empty: state in this process (sessions) and its STATE_DIR file (the mail queue). redis://[:password@]host:port/db (rediss:// for TLS): all state in Redis, shared by several portal processes."),
+    Setting("STATE_PREFIX", "portal:", "Prefix of every Redis key the portal writes (STATE_URL only): portals sharing a Redis database need different prefixes unless they are instances of the same portal."),
 )
 
 SMTP_SECURITY_CHOICES = ("starttls", "ssl", "none")
@@ -123,6 +125,8 @@ class Config:
     notify_inboxes: tuple
     notify_delay_seconds: int
     state_dir: Path
+    state_url: str = dataclasses.field(repr=False)  # may hold the Redis password
+    state_prefix: str
     # Things that work but deserve a look; printed at start and by --check.
     warnings: tuple = ()
 
@@ -271,6 +275,23 @@ def load_config(environ=None, dotenv_path=".env"):
             problems.append(f"NOTIFY_INBOXES must be inbox ids separated by commas, not {part!r}")
     notify_inboxes = tuple(notify_inboxes) or ((inbox_id,) if inbox_id else ())
 
+    state_url = get("STATE_URL").strip()
+    if state_url:
+        parts = urllib.parse.urlsplit(state_url)
+        try:
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            port_ok = False
+        database = parts.path.strip("/")
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or not port_ok:
+            # Never the value itself: it may carry the Redis password.
+            problems.append("STATE_URL must look like redis://[:password@]host:port/db (rediss:// for TLS)")
+        elif database and not database.isdigit():
+            problems.append(f"STATE_URL must end in a database number such as /1, not /{database}")
+    state_prefix = get("STATE_PREFIX")
+    if not state_prefix or len(state_prefix) > 64 or any(c.isspace() for c in state_prefix):
+        problems.append(f"STATE_PREFIX must be 1 to 64 characters without spaces, not {state_prefix!r}")
+
     config = Config(
         host=host,
         port=port,
@@ -298,6 +319,8 @@ def load_config(environ=None, dotenv_path=".env"):
         notify_inboxes=notify_inboxes,
         notify_delay_seconds=integer("NOTIFY_DELAY_SECONDS", 0, 3600),
         state_dir=Path(get("STATE_DIR")),
+        state_url=state_url,
+        state_prefix=state_prefix,
         warnings=tuple(warnings),
     )
     if problems:

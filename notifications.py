@@ -1,14 +1,19 @@
 """Mail customers when support answers: the queue's worker threads and the mail they send.
 
-    webhook (webhooks.py) --accept()--> StateFile.notification --worker--> Chatwoot (re-read) --> SMTP
+    webhook (webhooks.py) --accept()--> the queue (storage) --worker--> Chatwoot (re-read) --> SMTP
 
-`accept` only queues the message id (a duplicate delivery is ignored by the table's
-primary key) and wakes a worker, so the webhook answers at once whatever SMTP or
+`accept` only queues the message id (the queue ignores a message id it already has,
+so a duplicate delivery is mailed once) and wakes a worker, so the webhook answers at once whatever SMTP or
 Chatwoot do. A worker takes a ticket once its first queued message is
 NOTIFY_DELAY_SECONDS old, re-reads the conversation and the messages from Chatwoot,
 and mails the conversation's contact as Chatwoot records it one mail quoting every
 queued reply that is still a public message written by an agent. A reply the customer
 already saw in the portal is not mailed (`ticket_viewed`).
+
+Several portal processes share one queue on Redis: a worker claims a due ticket
+(`claim_ticket`), which leases it to its process until `release_ticket`, so one
+process mails it. A process that dies mid-mail leaves its lease to run out, and
+another process then mails the ticket, whose replies are still queued.
 
 Failures: Chatwoot or SMTP down, slow or answering 4xx to our login -> tried again
 with growing pauses for up to GIVE_UP_SECONDS; a 5xx refusal of the mail itself is
@@ -24,6 +29,7 @@ import urllib.parse
 import i18n
 from chatwoot_client import ChatwootError, ChatwootNotFound
 from mailer import MailError
+from storage import StateUnavailable
 
 log = logging.getLogger("portal.notify")
 
@@ -38,6 +44,10 @@ GIVE_UP_SECONDS = 2 * 86400
 EXCERPT_CHARS = 1500
 # An idle worker looks at the queue at least this often (a clock change, a missed wake).
 IDLE_WAKE_SECONDS = 30
+# A due ticket held by another process (its lease) is looked at again this often.
+HELD_WAKE_SECONDS = 1.0
+# A worker whose state store (Redis) does not answer looks again after this pause.
+STATE_RETRY_SECONDS = 5
 
 
 class Notifier:
@@ -106,33 +116,56 @@ class Notifier:
             with self._wake:
                 if self._stopping:
                     return
-                ticket_id = self._claim()
-                if ticket_id is None:
-                    self._wake.wait(self._idle_wait())
+                try:
+                    ticket_id = self._claim()
+                    if ticket_id is None:
+                        self._wake.wait(self._idle_wait())
+                        continue
+                except StateUnavailable as error:
+                    log.warning("reply mail queue unreachable, looking again in %ss: %s", STATE_RETRY_SECONDS, error)
+                    self._wake.wait(STATE_RETRY_SECONDS)
                     continue
             try:
                 self._deliver(ticket_id)
+            except StateUnavailable as error:
+                # Whatever was not marked done is still queued and is mailed once the store answers.
+                log.warning("reply mail for ticket %s waits for the state store: %s", ticket_id, error)
             except Exception:  # a worker must outlive any one mail
                 log.exception("reply mail for ticket %s failed unexpectedly", ticket_id)
                 self._retry(ticket_id, self._state.queued_for(ticket_id), "unexpected error")
             finally:
-                with self._wake:
-                    self._busy.discard(ticket_id)
-                    self._wake.notify()  # the ticket may have more replies due
+                self._release(ticket_id)
 
     def _claim(self):
-        """A due ticket no other worker has (caller holds self._wake)."""
-        due = self._state.due_tickets(self._clock(), exclude=self._busy, limit=1)
-        if not due:
-            return None
-        self._busy.add(due[0])
-        return due[0]
+        """A due ticket no worker of any process holds (caller holds self._wake).
+
+        The store leases it to this process (on Redis until `release_ticket`, or until
+        the lease runs out if this process dies); `_busy` keeps this process's other
+        workers off it meanwhile."""
+        ticket_id = self._state.claim_ticket(self._clock(), exclude=self._busy)
+        if ticket_id is not None:
+            self._busy.add(ticket_id)
+        return ticket_id
+
+    def _release(self, ticket_id):
+        try:
+            self._state.release_ticket(ticket_id)
+        except StateUnavailable as error:
+            log.warning("ticket %s stays leased until its lease runs out: %s", ticket_id, error)
+        with self._wake:
+            self._busy.discard(ticket_id)
+            self._wake.notify()  # the ticket may have more replies due
 
     def _idle_wait(self):
         next_due = self._state.next_due_at()
         if next_due is None:
             return IDLE_WAKE_SECONDS
-        return min(IDLE_WAKE_SECONDS, max(0.05, next_due - self._clock()))
+        wait = next_due - self._clock()
+        if wait <= 0:
+            # Due, yet not ours to claim: another worker or process holds it. A worker
+            # here wakes us when it is done; another process's lease is looked at again.
+            return HELD_WAKE_SECONDS
+        return min(IDLE_WAKE_SECONDS, max(0.05, wait))
 
     # -- one mail -------------------------------------------------------------------
 

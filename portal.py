@@ -37,7 +37,6 @@ import jinja2
 from markupsafe import Markup
 
 import attachments
-import drafts
 import i18n
 import oversize
 import webhooks
@@ -47,8 +46,8 @@ from config import BRAND_FILES, HERE, ConfigError, load_config
 from mailer import ConsoleMailer, Mailer, MailError
 from markup import agent_markdown
 from notifications import Notifier
-from security import MAX_WRONG_CODES, MagicLinkStore, RateLimiter, SessionStore, Signer
-from storage import StateError, StateFile, check_writable
+from security import MAX_WRONG_CODES, Signer
+from storage import StateError, StateUnavailable, check_redis, check_writable, open_stores, redacted_url
 
 log = logging.getLogger("portal")
 
@@ -177,6 +176,7 @@ class Request:
         # refused ones (attachments.Problem), and how many the customer picked.
         self.uploads, self.upload_problems, self.files_chosen = [], [], 0
         self.route_label = "-"
+        self.handler_name, self.route_args = "", {}  # once routed
         self.session = None
         self.signed_session_id = ""  # from a cookie with a valid signature, live or not
         self.had_session_cookie = SESSION_COOKIE in self.cookies
@@ -368,25 +368,26 @@ def _route_label(pattern):
 # ---------------------------------------------------------------------------
 
 class Portal:
-    def __init__(self, config, client=None, mailer=None, clock=time.time, state=None):
+    def __init__(self, config, client=None, mailer=None, clock=time.time):
         self.config = config
         self.signer = Signer(config.session_secret)
         self.client = client or ChatwootClient(config.chatwoot_url, config.chatwoot_api_token,
                                                config.chatwoot_account_id, config.chatwoot_timeout)
         self.mailer = mailer or Mailer(config, self.signer.pseudonym)
         self.clock = clock  # also decides whether a CSAT survey still takes a rating
-        self.sessions = SessionStore(config.session_idle_minutes * 60, clock)
-        self.magic_links = MagicLinkStore(config.magic_link_minutes * 60, clock, self.signer)
-        # Text typed as a session ended: kept while the customer asks for a link
-        # (as long again as a link lives) and uses it.
-        self.drafts = drafts.DraftStore(2 * config.magic_link_minutes * 60, clock, MESSAGE_MAX_CHARS)
-        self.limit_by_address = RateLimiter(*SIGNIN_PER_ADDRESS, clock=clock)
-        self.limit_by_ip = RateLimiter(*SIGNIN_PER_IP, clock=clock)
+        # Sessions, sign-in links, limits, drafts and the reply-mail queue: in this
+        # process (and its STATE_DIR file), or in Redis when STATE_URL says so.
+        self.stores = open_stores(config, self.signer, clock, {"address": SIGNIN_PER_ADDRESS, "ip": SIGNIN_PER_IP},
+                                  MESSAGE_MAX_CHARS)
+        self.sessions = self.stores.sessions
+        self.magic_links = self.stores.magic_links
+        self.drafts = self.stores.drafts
+        self.limit_by_address = self.stores.limit_by_address
+        self.limit_by_ip = self.stores.limit_by_ip
+        self.state = self.stores.state
         # Running average of a sign-in mail's cost, which requests for unknown addresses match.
         self._send_seconds = 0.0
         self.cookie_path = config.base_path or "/"
-        # Reply mails and customers' languages outlive a restart (STATE_DIR).
-        self.state = state or StateFile(config.state_dir)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             # Escape everything but the plain-text mail (an O'Brien is not O&#39;Brien).
@@ -419,7 +420,7 @@ class Portal:
     def close(self):
         self.notifier.stop()
         self.client.close()
-        self.state.close()
+        self.stores.close()
 
     # -- WSGI entry ---------------------------------------------------------
 
@@ -432,6 +433,8 @@ class Portal:
             response = redirect(jump.location)
         except HTTPError as error:
             response = self.error_page(request, error.status, error.heading_key, error.message_key, error.headers)
+        except StateUnavailable as error:
+            response = self.state_unavailable(request, error)
         except Exception:  # the outermost boundary: log it whole, show a plain page
             log.exception("unhandled error in %s %s", request.method, request.route_label)
             response = self.error_page(request, 500, "error_heading", "error_internal")
@@ -477,12 +480,14 @@ class Portal:
                 allowed.append(route_method)
                 continue
             request.route_label = _route_label(pattern.pattern)
+            request.handler_name, request.route_args = handler_name, match.groupdict()
             if "" in request.query:
                 raise HTTPError(400, "error_heading", "error_method")
             if handler_name in SELF_AUTHENTICATED:
                 return getattr(self, handler_name)(request)
-            request.session = self.current_session(request)
             if method == "POST":
+                # The form is read before the session is looked up: should the session
+                # store fail, the form still comes back with what was typed.
                 try:
                     if handler_name in TAKES_FILES:
                         request.read_form(self.config.attachment_max_files, self.config.attachment_max_bytes)
@@ -492,7 +497,10 @@ class Portal:
                     if handler_name not in KEEPS_TEXT:
                         raise
                     request.form = oversize.text_fields(request.environ)  # the beginning only
+                    request.session = self.current_session(request)
                     return self.posted_form_again(request, handler_name, 413, **match.groupdict())
+            request.session = self.current_session(request)
+            if method == "POST":
                 if not self.csrf_valid(request):
                     log.warning("csrf check failed for POST %s from %s", request.route_label, request.client_ip)
                     if handler_name in KEEPS_TEXT:
@@ -585,6 +593,41 @@ class Portal:
             **context,
         )
         return Response(status, page, headers=headers)
+
+    def state_unavailable(self, request, error):
+        """Redis (STATE_URL) did not answer: a 503 that loses nothing typed.
+
+        The page is rendered without the session store (the customer shows as
+        signed out for this one page); a posted form comes back filled in, to be
+        sent again once the store answers. Nothing of the request was done
+        before the failure that a resend would do twice: the store is read before
+        anything is written to Chatwoot, and a form's once-marker is taken first.
+        """
+        log.warning("state store unavailable for %s %s: %s", request.method, request.route_label, error)
+        request.session = None
+        headers = [("Retry-After", "5")]
+        try:
+            name = request.handler_name
+            if request.method == "POST":
+                if name in KEEPS_TEXT:
+                    response = self.posted_form_again(request, name, 503, **request.route_args)
+                    response.headers = list(response.headers) + headers
+                    return response
+                if name == "request_link":
+                    return self.render(request, "signin.html", 503, headers, email=request.field("email")[:EMAIL_MAX_CHARS],
+                                       error="error_unavailable_page", next_path=_safe_next(request.field("next")),
+                                       notice="")
+                if name == "verify_code":
+                    return self.render(request, "signin_sent.html", 503, headers,
+                                       email=request.field("email").strip().lower()[:EMAIL_MAX_CHARS],
+                                       next_path=_safe_next(request.field("next")), error="error_unavailable_page",
+                                       minutes=self.config.magic_link_minutes, attempts=MAX_WRONG_CODES)
+            retry = request.unsafe_path if request.method == "GET" else ""
+            return self.render(request, "error.html", 503, headers, heading_key="error_unavailable_heading",
+                               message_key="error_unavailable_page", retry=retry)
+        except Exception:  # a broken template must still not show a traceback
+            log.exception("state-unavailable page failed")
+            return Response(503, "Service unavailable", "text/plain; charset=utf-8", headers)
 
     def error_page(self, request, status, heading_key, message_key, headers=()):
         try:
@@ -736,7 +779,8 @@ class Portal:
         # What was typed when this browser's last session ended goes back into its form.
         draft = self.drafts.hand_over(request.signed_session_id, session.id, link.email)
         if draft is not None:
-            session.flash, next_path = "draft_restored", draft.path
+            self.sessions.set_flash(session, "draft_restored")
+            next_path = draft.path
         response = redirect(self.url(next_path or "/dashboard"))
         response.set_cookie(SESSION_COOKIE, self.signer.sign("session", session.id), self.cookie_path,
                             self.config.secure_cookies)
@@ -862,8 +906,7 @@ class Portal:
             return form_again(upload_status(request.upload_problems), errors)
         # A second copy of the same form (double click, resubmit) waits for the
         # first and lands on the same ticket instead of creating another.
-        done = self.sessions.once(session, f"create:{form_id}")
-        with done.lock:
+        with self.sessions.once(session, f"create:{form_id}") as done:
             # Only the request that makes (or finds) the ticket sets its priority:
             # a duplicate finds done.result and goes straight to the ticket.
             needs_priority = False
@@ -888,7 +931,7 @@ class Portal:
                     log.error("Chatwoot refused a new ticket (check CHATWOOT_INBOX_ID): %s", error)
                     return form_again(502, problem="error_rejected")
                 done.result = ticket_id
-                session.flash = "ticket_created"
+                self.sessions.set_flash(session, "ticket_created")
                 log.info("ticket created ticket=%s contact=%s", ticket_id, session.contact_id)
                 needs_priority = True
             if needs_priority and priority != NO_PRIORITY:
@@ -901,7 +944,7 @@ class Portal:
             self.client.set_priority(ticket_id, priority)
         except ChatwootError as error:
             log.warning("ticket created without its priority ticket=%s priority=%s: %s", ticket_id, priority, error)
-            session.flash = "ticket_created_priority_failed"
+            self.sessions.set_flash(session, "ticket_created_priority_failed")
 
     def ticket_page(self, request, ticket_id):
         session = self.require_session(request)
@@ -969,8 +1012,7 @@ class Portal:
             return self.render_ticket(request, session, ticket_id, 400, untrusted_message,
                                       error=i18n.translate(request.lang, "error_message_too_long", limit=MESSAGE_MAX_CHARS))
         form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
-        done = self.sessions.once(session, f"reply:{ticket_id}:{form_id}")
-        with done.lock:
+        with self.sessions.once(session, f"reply:{ticket_id}:{form_id}") as done:
             if done.result is None:
                 started = time.time()
                 try:
@@ -990,7 +1032,7 @@ class Portal:
                         done.uncertain_since = done.uncertain_since or started
                     return self.reply_form_again(request, ticket_id, untrusted_message, failure)
                 reopened = ticket.status in ("resolved", "snoozed")
-                session.flash = "reply_sent_reopened" if reopened else "reply_sent"
+                self.sessions.set_flash(session, "reply_sent_reopened" if reopened else "reply_sent")
                 done.result = ticket_id
                 log.info("reply added ticket=%s contact=%s", ticket_id, session.contact_id)
         return redirect(self.url(f"/tickets/{ticket_id}#latest"))
@@ -1002,11 +1044,11 @@ class Portal:
             ticket = self.client.get_ticket(ticket_id)
             self.check_owner(ticket, session)
             if ticket.status == "resolved":
-                session.flash = "ticket_already_resolved"
+                self.sessions.set_flash(session, "ticket_already_resolved")
             else:
                 self.client.resolve(ticket_id)
                 self.state.remember_cancelled(ticket_id, self.clock())  # Chatwoot cannot tell who it was
-                session.flash = "ticket_cancelled"
+                self.sessions.set_flash(session, "ticket_cancelled")
                 log.info("ticket cancelled ticket=%s contact=%s", ticket_id, session.contact_id)
         except ChatwootNotFound:
             raise HTTPError(404, "error_ticket_not_found_heading", "error_ticket_not_found") from None
@@ -1054,7 +1096,7 @@ class Portal:
             return self.render_ticket(request, session, ticket_id, 409, rating=dict(typed, notice="rating_closed"))
         except ChatwootError as failure:
             return self.rating_form_again(request, ticket_id, typed, failure)
-        session.flash = "rating_saved"
+        self.sessions.set_flash(session, "rating_saved")
         log.info("rating recorded ticket=%s contact=%s", ticket_id, session.contact_id)
         return redirect(self.url(f"/tickets/{ticket_id}#rating"))
 
@@ -1154,7 +1196,7 @@ class Portal:
         escaped like any other, and with the page's fresh token the customer sends
         it again by pressing the button, or not at all.
         """
-        problem = "form_reloaded" if status == 403 else "form_too_large"
+        problem = {403: "form_reloaded", 413: "form_too_large", 503: "error_unavailable"}[status]
         form_id = request.field("form_id")[:64] or secrets.token_urlsafe(16)
         multipart_body = request.environ.get("CONTENT_TYPE", "").lower().startswith("multipart/")
         files_again = request.files_chosen > 0 or (status == 413 and multipart_body)
@@ -1175,9 +1217,18 @@ class Portal:
     # -- Files and health ---------------------------------------------------
 
     def healthz(self, request):
-        health = {"status": "ok"}
-        if self.notifier.enabled:
-            health["notifications"] = self.notifier.health()
+        """200 and the queue's figures while the portal can serve; 503 when its
+        state store (Redis) does not answer, for nginx and monitors."""
+        health = {"status": "ok", "state": self.stores.backend}
+        try:
+            if self.stores.ping:
+                self.stores.ping()
+            if self.notifier.enabled:
+                health["notifications"] = self.notifier.health()
+        except StateUnavailable as error:
+            log.warning("health check: the state store does not answer: %s", error)
+            return _json_response(503, {"status": "unavailable", "state": self.stores.backend,
+                                        "problem": "the state store (STATE_URL) does not answer"})
         return _json_response(200, health)
 
     # -- Chatwoot's webhook ---------------------------------------------------
@@ -1202,7 +1253,13 @@ class Portal:
         if ids is None:
             return _json_response(200, {"queued": False, "why": why})
         message_id, ticket_id = ids
-        added = self.notifier.accept(message_id, ticket_id)
+        try:
+            added = self.notifier.accept(message_id, ticket_id)
+        except StateUnavailable as error:
+            # Chatwoot does not deliver a webhook again: this reply gets no mail.
+            log.error("webhook message=%s ticket=%s not queued, the state store does not answer: %s",
+                      message_id, ticket_id, error)
+            return _json_response(503, {"error": "state store unavailable"})
         log.info("webhook message=%s ticket=%s %s", message_id, ticket_id, "queued" if added else "duplicate")
         return _json_response(200, {"queued": added})
 
@@ -1362,8 +1419,13 @@ def check(config, test_mail_to=None):
         except MailError as error:
             print(f"FAIL  Test mail to {test_mail_to}")
             problems.append(f"The test mail was not accepted: {error}")
-    state_problem = check_writable(config.state_dir)
-    print(("FAIL" if state_problem else "ok  ") + f"  State folder {config.state_dir} (reply-mail queue) is writable")
+    if config.state_url:
+        state_problem = check_redis(config.state_url, config.state_prefix)
+        print(("FAIL" if state_problem else "ok  ") + f"  Redis at {redacted_url(config.state_url)} (sessions, sign-in "
+              f"links, reply-mail queue; keys under {config.state_prefix!r})")
+    else:
+        state_problem = check_writable(config.state_dir)
+        print(("FAIL" if state_problem else "ok  ") + f"  State folder {config.state_dir} (reply-mail queue) is writable")
     problems += [state_problem] if state_problem else []
     if config.webhook_secret:
         inboxes = ", ".join(map(str, config.notify_inboxes))

@@ -15,6 +15,7 @@ of waiting for it, and sweeps its expired entries under the same lock.
 
 import base64
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -142,7 +143,7 @@ class SessionStore:
         with self._lock:
             self._sessions.pop(session_id, None)
 
-    def once(self, session, form_id):
+    def done_once(self, session, form_id):
         """The DoneOnce for this form of this session (created on first use)."""
         with self._lock:
             done = session.forms.get(form_id)
@@ -151,6 +152,20 @@ class SessionStore:
                     session.forms.pop(next(iter(session.forms)))
                 done = session.forms[form_id] = DoneOnce()
             return done
+
+    @contextlib.contextmanager
+    def once(self, session, form_id):
+        """`with store.once(session, form_id) as done:` one submitted form's outcome,
+        held by one request at a time. A duplicate of the form waits here for the
+        first, then finds `done.result` (and `done.uncertain_since`) as it left them."""
+        done = self.done_once(session, form_id)
+        with done.lock:
+            yield done
+
+    def set_flash(self, session, key):
+        """The message the session's next page shows once."""
+        with self._lock:
+            session.flash = key
 
     def pop_flash(self, session):
         with self._lock:

@@ -1,4 +1,21 @@
-"""The portal's state that must outlive a restart, in one SQLite file (STATE_DIR/portal.sqlite3).
+"""Where the portal keeps its state: the backend choice (`open_stores`), and the
+memory backend's file for what must outlive a restart (STATE_DIR/portal.sqlite3).
+
+Two backends, one set of stores, chosen by STATE_URL; handlers never know which runs:
+
+    store            memory (default)               Redis (STATE_URL=redis://...)
+    sessions         security.SessionStore          redis_store.RedisSessionStore
+    magic_links      security.MagicLinkStore        redis_store.RedisMagicLinkStore
+    limit_by_*       security.RateLimiter           redis_store.RedisRateLimiter
+    drafts           drafts.DraftStore              redis_store.RedisDraftStore
+    state            StateFile (below, SQLite)      redis_queue.RedisStateFile
+
+Memory is for one process: a restart signs customers out (harmless with magic
+links) and the SQLite file keeps the mail queue. Redis is for several processes:
+every check is atomic in Redis, and a Redis restart signs customers out too.
+Two caches stay in each process on either backend, as they only save Chatwoot
+calls and a miss is always checked again: the files a customer may download
+(attachments.KnownFiles) and rendered Markdown (markup).
 
 What lives here, and why it is not in memory like sessions:
 
@@ -19,6 +36,7 @@ behind one lock: a single writer, and every multi-statement change is one transa
 cut may lose the last transactions: at worst a mail is sent twice or not queued).
 """
 
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -61,6 +79,65 @@ CREATE TABLE IF NOT EXISTS ticket_cancelled (
 
 class StateError(Exception):
     """The state file cannot be opened or written."""
+
+
+class StateUnavailable(Exception):
+    """The shared state (Redis) did not answer: the request gets a 503, nothing typed is lost."""
+
+
+@dataclasses.dataclass
+class Stores:
+    """Everything the portal keeps, from one backend."""
+
+    backend: str  # "memory" or "redis"
+    sessions: object
+    magic_links: object
+    limit_by_address: object
+    limit_by_ip: object
+    drafts: object
+    state: object
+    ping: object = None  # () -> None, or raises StateUnavailable (Redis only)
+
+    def close(self):
+        self.state.close()
+
+
+def open_stores(config, signer, clock, limits, draft_max_chars):
+    """The stores STATE_URL asks for. `limits`: {"address": (n, seconds), "ip": (n, seconds)}.
+
+    `clock` runs sessions, links, limits and drafts (tests move it); the mail queue
+    runs on wall-clock time, as its worker threads do."""
+    idle = config.session_idle_minutes * 60
+    link_ttl = config.magic_link_minutes * 60
+    # Text typed as a session ended: kept while the customer asks for a link
+    # (as long again as a link lives) and uses it.
+    draft_ttl = 2 * link_ttl
+    if config.state_url:
+        import redis_queue
+        import redis_store
+        client = redis_store.connect(config.state_url)
+        keys = redis_store.Keys(config.state_prefix, config.session_secret)
+        return Stores(
+            "redis",
+            redis_store.RedisSessionStore(client, keys, idle, clock),
+            redis_store.RedisMagicLinkStore(client, keys, link_ttl, clock, signer),
+            redis_store.RedisRateLimiter(client, keys, "limit-address", *limits["address"], clock=clock),
+            redis_store.RedisRateLimiter(client, keys, "limit-ip", *limits["ip"], clock=clock),
+            redis_store.RedisDraftStore(client, keys, draft_ttl, clock, draft_max_chars),
+            redis_queue.RedisStateFile(client, keys, time.time),
+            ping=redis_store.pinger(client),
+        )
+    from drafts import DraftStore
+    from security import MagicLinkStore, RateLimiter, SessionStore
+    return Stores(
+        "memory",
+        SessionStore(idle, clock),
+        MagicLinkStore(link_ttl, clock, signer),
+        RateLimiter(*limits["address"], clock=clock),
+        RateLimiter(*limits["ip"], clock=clock),
+        DraftStore(draft_ttl, clock, draft_max_chars),
+        StateFile(config.state_dir, time.time),
+    )
 
 
 class StateFile:
@@ -155,6 +232,16 @@ class StateFile:
         with self._lock:
             return dict(self._db.execute("SELECT state, COUNT(*) FROM notification GROUP BY state").fetchall())
 
+    def claim_ticket(self, now, exclude=(), lease_seconds=300):
+        """A due ticket for one worker, or None. One process owns this file, so the
+        caller's `exclude` (the tickets its workers hold) is the whole lease; Redis
+        (redis_queue) needs a real one."""
+        due = self.due_tickets(now, exclude=exclude, limit=1)
+        return due[0] if due else None
+
+    def release_ticket(self, ticket_id):
+        """Nothing to release: the caller drops the ticket from its `exclude`."""
+
     # -- what the customer chose and saw ----------------------------------------
 
     def remember_language(self, contact_id, lang):
@@ -228,6 +315,40 @@ class StateFile:
         self._next_purge = now + PURGE_INTERVAL_SECONDS
         self._db.execute("DELETE FROM notification WHERE state != 'queued' AND done_at < ?", (now - DEDUP_DAYS * 86400,))
         self._db.execute("DELETE FROM ticket_seen WHERE seen_at < ?", (now - SEEN_DAYS * 86400,))
+
+
+# GETDEL and SET ... GET, which the Redis stores use, came with Redis 6.2.
+MIN_REDIS_VERSION = (6, 2)
+
+
+def redacted_url(url):
+    """STATE_URL without its password, for log lines and --check."""
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_redis(url, prefix):
+    """A problem sentence when Redis at STATE_URL cannot hold the portal's state, else ""."""
+    import redis_store
+    client = redis_store.connect(url)
+    probe = f"{prefix}check"
+    try:
+        with redis_store.redis_errors():
+            version = client.info("server").get("redis_version", "0")
+            client.set(probe, "1", ex=10)
+            client.delete(probe)
+    except StateUnavailable as error:
+        return f"Redis at {redacted_url(url)} does not answer or refuses writes ({error}); check STATE_URL"
+    finally:
+        client.close()
+    numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if numbers < MIN_REDIS_VERSION:
+        return f"Redis {version} is too old: the portal needs {'.'.join(map(str, MIN_REDIS_VERSION))} or newer"
+    return ""
 
 
 def check_writable(folder):

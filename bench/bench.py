@@ -8,10 +8,18 @@ memory is its own), signs in, and prints a table. "Overhead" is the page's p50
 minus the upstream delay it cannot avoid (one delay: a ticket page's two calls run
 side by side). Figures vary with the machine; run it twice before comparing.
 
-Last, a burst of Chatwoot webhooks: `--webhooks` agent replies on as many tickets,
+Then a burst of Chatwoot webhooks: `--webhooks` agent replies on as many tickets,
 each delivered twice in shuffled order and signed as Chatwoot signs them; it
 prints how fast the portal answers them and checks that exactly one mail per
 reply arrives.
+
+Last, the two state backends side by side: two fresh portals, the same but for
+STATE_URL (one on a redis-server the bench starts on a free port, keys under
+"bench:"), the same pages with the upstream instant so the store's cost shows.
+The two take turns request by request, and at concurrency batch by batch, so
+whatever else the machine does weighs on both alike. Redis round trips per
+request come from the server's INFO. Without redis-server the Redis column is
+skipped with a note.
 """
 
 import argparse
@@ -21,9 +29,13 @@ import email.policy
 import hashlib
 import hmac
 import http.client
+import importlib.util
+import itertools
 import os
 import random
 import re
+import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -40,8 +52,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from aiosmtpd.controller import Controller  # noqa: E402
 
-from browser import Browser  # noqa: E402
+from browser import Browser, encode_multipart  # noqa: E402
 from fake_chatwoot import FakeChatwoot  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
 
 
 class Mailbox:
@@ -85,6 +98,67 @@ def run_together(functions):
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
 
 
+class PortalDidNotStart(Exception):
+    """A portal process exited, or did not listen, at start."""
+
+
+class PortalProcess:
+    """One portal process on a free port, its log lines in a temporary file.
+
+    `env` is everything but the address: PORT, PORTAL_URL and (unless given) a fresh
+    STATE_DIR are its own. Started at once; `wait_until_listening` before use.
+    """
+
+    def __init__(self, env):
+        self.port = free_port()
+        handle, self.log_path = tempfile.mkstemp(prefix="portal-bench-", suffix=".log")
+        os.close(handle)
+        env = dict(env, PORT=str(self.port), PORTAL_URL=f"http://127.0.0.1:{self.port}")
+        self._own_state_dir = None if "STATE_DIR" in env else tempfile.mkdtemp(prefix="portal-bench-")
+        env.setdefault("STATE_DIR", self._own_state_dir)
+        # The portal appends; the bench reads through handles of its own, so reading
+        # (and seeking) never moves where the portal writes.
+        with open(self.log_path, "a") as output:
+            self.process = subprocess.Popen([sys.executable, str(ROOT / "portal.py")], cwd=ROOT, env=env,
+                                            stdout=output, stderr=subprocess.STDOUT)
+        self.log = open(self.log_path)
+        self._tail, self._partial = open(self.log_path), ""
+
+    def wait_until_listening(self, seconds=30):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise PortalDidNotStart(f"the portal exited at start ({self.last_log_line()})")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise PortalDidNotStart(f"the portal did not start listening within {seconds} s")
+
+    def last_log_line(self):
+        self.log.seek(0)
+        lines = [line.strip() for line in self.log if line.strip()]
+        return lines[-1] if lines else "no output"
+
+    def request_times(self):
+        """ms the portal logged for each request since the last call (its own time,
+        from the request's arrival to its answer; the client's side is not in it)."""
+        text = self._partial + self._tail.read()
+        complete, _, self._partial = text.rpartition("\n")  # a line being written waits for next time
+        return [float(ms) for ms in re.findall(r" request [A-Z]+ \S+ \d{3} ([\d.]+)ms$", complete, re.MULTILINE)]
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.log.close()
+        self._tail.close()
+        os.unlink(self.log_path)
+        if self._own_state_dir:
+            shutil.rmtree(self._own_state_dir, ignore_errors=True)
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -113,44 +187,33 @@ class Bench:
         smtp_port = free_port()
         self.smtp = Controller(self.mailbox, hostname="127.0.0.1", port=smtp_port)
         self.smtp.start()
-        self.port = free_port()
+        # What every portal of the bench shares: this fake Chatwoot, this SMTP server.
+        self.env = dict(os.environ, HOST="127.0.0.1", BASE_PATH="/portal", CHATWOOT_URL=self.fake.url,
+                        CHATWOOT_API_TOKEN=self.fake.token, CHATWOOT_ACCOUNT_ID=str(self.fake.account_id),
+                        CHATWOOT_INBOX_ID=str(self.inbox), SESSION_SECRET="bench-" + "x" * 40,
+                        SMTP_ADDRESS="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_SECURITY="none",
+                        SMTP_FROM="support@example.com", PYTHONUNBUFFERED="1",
+                        WEBHOOK_SECRET=WEBHOOK_SECRET, NOTIFY_DELAY_SECONDS="0")
+        self.env.pop("STATE_URL", None)  # the main portal is the memory backend, whatever the shell says
+        self.portal = PortalProcess(self.env)
+        try:
+            self.portal.wait_until_listening()
+        except PortalDidNotStart as error:
+            raise SystemExit(f"{error}; run `python portal.py` to see why") from None
+        self.port, self.process = self.portal.port, self.portal.process
         # The portal's own log lines time each request inside the portal.
-        self.log = tempfile.TemporaryFile(mode="w+")
-        env = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port), BASE_PATH="/portal",
-                   PORTAL_URL=f"http://127.0.0.1:{self.port}", CHATWOOT_URL=self.fake.url,
-                   CHATWOOT_API_TOKEN=self.fake.token, CHATWOOT_ACCOUNT_ID=str(self.fake.account_id),
-                   CHATWOOT_INBOX_ID=str(self.inbox), SESSION_SECRET="bench-" + "x" * 40,
-                   SMTP_ADDRESS="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_SECURITY="none",
-                   SMTP_FROM="support@example.com", PYTHONUNBUFFERED="1",
-                   WEBHOOK_SECRET=WEBHOOK_SECRET, NOTIFY_DELAY_SECONDS="0",
-                   STATE_DIR=tempfile.mkdtemp(prefix="portal-bench-"))
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "portal.py")], cwd=ROOT, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_for_portal()
-
-    def _wait_for_portal(self):
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit("the portal exited at start; run `python portal.py` to see why")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("the portal did not start listening within 30 s")
+        self.log = self.portal.log
 
     def close(self):
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        self.portal.close()
         self.smtp.stop()
         self.fake.stop()
 
-    def browser(self):
-        return Browser("127.0.0.1", self.port)
+    def browser(self, port=None):
+        return Browser("127.0.0.1", port or self.port)
 
-    def sign_in(self, address="jane@example.com"):
-        browser = self.browser()
+    def sign_in(self, address="jane@example.com", port=None):
+        browser = self.browser(port)
         page = browser.submit(browser.get("/portal/"), "/auth/request", email=address)
         text = self.mailbox.messages[-1].get_body(("plain",)).get_content()
         link = re.search(r"http://\S+/auth/verify\?token=[\w-]+", text).group(0)
@@ -330,6 +393,125 @@ class Bench:
         twice = sum(count - 1 for count in collections.Counter(subjects).values() if count > 1)
         return times, statuses, elapsed, len(set(subjects)), twice, last_mail
 
+    # -- the state backends side by side ---------------------------------------
+
+    def backend_pages(self, port, reply_ticket):
+        """{page: make(number) -> request} on one portal: the pages that read or write
+        state on every request (see `timed_request` for a request's shape). `number`
+        counts each page's requests from 0."""
+        signed_in = self.sign_in(port=port)
+        leaving = self.sign_in(port=port)
+        ended = dict(leaving.cookies)  # a customer back after signing out: one session look-up
+        assert leaving.submit(leaving.get("/portal/dashboard"), "/logout").status == 200
+        anonymous = self.browser(port)
+        signin_fields = dict(anonymous.get("/portal/").form("/auth/request").fields)
+        reply_page = signed_in.get(f"/portal/tickets/{reply_ticket}")
+        reply_fields = dict(reply_page.form(f"/tickets/{reply_ticket}/reply").fields)
+        reply_path = f"/portal/tickets/{reply_ticket}/reply"
+
+        def page(path, cookies):
+            return lambda number: (cookies, "GET", path, None, {}, 200)
+
+        def reply(number):
+            # A fresh form id each time: a reply, not a double submit of the last one.
+            body, content_type = encode_multipart(
+                {**reply_fields, "form_id": secrets.token_urlsafe(16), "message": f"Side by side {number}"},
+                [("files", "", b"")])
+            return signed_in.cookies, "POST", reply_path, body, {"Content-Type": content_type}, 303
+
+        def signin_request(number):
+            # A known address (the link is mailed), each from its own client address:
+            # every request passes both rate limits and stores a link.
+            body = urllib.parse.urlencode({**signin_fields, "email": f"side{number}@example.com"})
+            return anonymous.cookies, "POST", "/portal/auth/request", body.encode(), {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Forwarded-For": f"192.168.{number >> 8 & 255}.{number & 255}"}, 200
+
+        return {
+            "sign-in page GET / (cookie of an ended session)": page("/portal/", ended),
+            "dashboard": page("/portal/dashboard", signed_in.cookies),
+            "ticket page": page(f"/portal/tickets/{self.ticket}", signed_in.cookies),
+            "reply POST": reply,
+            "sign-in request POST /auth/request (mails a link)": signin_request,
+        }
+
+    def backends_side_by_side(self, requests, concurrency):
+        """The same pages on two fresh portals, memory and Redis, the upstream instant.
+
+        One after another, the two take turns request by request (memory first, then
+        Redis first, ...); at `concurrency`, in BACKEND_BATCHES alternating batches.
+        Returns ({page: {backend: {mode: ms}}} with the modes "sequential" and
+        "concurrent", each also "... inside" (the portal's own logged time); {page:
+        (Redis round trips, {command: calls}) per request}; why Redis was skipped, or "").
+        """
+        per_client = requests_per_client(requests, concurrency)
+        # One known address per sign-in request and backend (their stores are apart).
+        contacts = BACKEND_WARM_UP + requests + BACKEND_BATCHES * per_client * concurrency + ROUND_TRIP_SAMPLE
+        for n in range(contacts):
+            self.fake.add_contact(f"Side Customer {n}", f"side{n}@example.com")
+        # Replies go to a ticket of their own: the ticket page measured stays the same length.
+        reply_ticket = self.fake.add_conversation(self.contact, self.inbox, "Side by side", "open")
+        skipped, server, traffic = redis_unavailable(), None, None
+        portals = {"memory": PortalProcess(self.env)}
+        try:
+            if not skipped:
+                try:
+                    server = RedisServer().start()
+                except (OSError, RuntimeError) as error:
+                    skipped, server = f"redis-server did not start ({error})", None
+            if server:
+                portals["Redis"] = PortalProcess(dict(self.env, STATE_URL=server.url, STATE_PREFIX=BACKEND_PREFIX))
+            for backend, portal in list(portals.items()):
+                try:
+                    portal.wait_until_listening()
+                except PortalDidNotStart as error:
+                    if backend == "memory":
+                        raise SystemExit(f"{error}; run `python portal.py` to see why") from None
+                    skipped = f"the portal with STATE_URL did not start: {error}"
+                    portals.pop(backend).close()
+            if "Redis" in portals:
+                traffic = RedisTraffic(server.url)
+            makers = {backend: self.backend_pages(portal.port, reply_ticket) for backend, portal in portals.items()}
+            results, trips = {}, {}
+            for name in makers["memory"]:
+                counters = {backend: itertools.count() for backend in portals}
+
+                def batch(backend, count, clients):
+                    make = makers[backend][name]
+                    return timed_batch(portals[backend].port, [make(next(counters[backend])) for _ in range(count)],
+                                       clients)
+
+                def turns(number):
+                    return list(portals) if number % 2 == 0 else list(reversed(portals))
+
+                times = {backend: collections.defaultdict(list) for backend in portals}
+                for backend in portals:
+                    batch(backend, BACKEND_WARM_UP, 1)
+                    portals[backend].request_times()  # the warm-up's lines
+                for number in range(requests):
+                    for backend in turns(number):
+                        times[backend]["sequential"] += batch(backend, 1, 1)
+                for backend in portals:
+                    times[backend]["sequential inside"] = portals[backend].request_times()
+                for number in range(BACKEND_BATCHES):
+                    for backend in turns(number):
+                        times[backend]["concurrent"] += batch(backend, per_client * concurrency, concurrency)
+                        times[backend]["concurrent inside"] += portals[backend].request_times()
+                results[name] = times
+                if traffic:
+                    round_trips, commands = traffic.during(lambda: batch("Redis", ROUND_TRIP_SAMPLE, 1))
+                    trips[name] = (round_trips / ROUND_TRIP_SAMPLE,
+                                   {command: n / ROUND_TRIP_SAMPLE for command, n in commands.items()})
+        finally:
+            if traffic:
+                traffic.close()
+            for portal in portals.values():
+                portal.close()
+            if server:
+                server.stop()
+                shutil.rmtree(server.folder, ignore_errors=True)
+        return results, trips, skipped
+
     def flood(self, count, concurrency, offset=0):
         """Distinct unknown addresses from distinct (forwarded) client addresses.
 
@@ -365,6 +547,107 @@ class Bench:
 
         elapsed = run_together([lambda i=i: worker(i) for i in range(concurrency)])
         return before, rss_kib(self.process.pid), statuses, elapsed
+
+
+# ---------------------------------------------------------------------------
+# The state backends side by side: memory and Redis, the same pages, one run.
+# ---------------------------------------------------------------------------
+
+# Turns alternate memory, Redis, Redis, memory, ...: whatever drifts during the run
+# (the machine's other work, the fake Chatwoot's growing data) weighs on both alike.
+BACKEND_BATCHES = 8
+BACKEND_WARM_UP = 10  # requests per page and portal before any is timed
+ROUND_TRIP_SAMPLE = 20  # requests per page on Redis alone, untimed, to count its round trips
+BACKEND_PREFIX = "bench:"
+
+
+def redis_unavailable():
+    """Why the Redis column cannot run here, or "" when it can."""
+    if not shutil.which("redis-server", path=os.environ.get("PATH", "") + os.pathsep + "/usr/bin:/usr/sbin"):
+        return "redis-server is not installed (Debian: apt-get install redis-server)"
+    if importlib.util.find_spec("redis") is None:
+        return "redis-py is not installed in this Python (pip install -r requirements.txt)"
+    return ""
+
+
+class RedisTraffic:
+    """What Redis served between two looks at its INFO.
+
+    Round trips are read events on its client sockets (`total_reads_processed`): a
+    pipeline or a script sent at once is one. Commands are `calls` in commandstats,
+    where a script's own calls count too. The look itself is one round trip and
+    one INFO, measured once and taken off.
+    """
+
+    def __init__(self, url):
+        import redis
+        self._client = redis.Redis.from_url(url, decode_responses=True)
+        first, second = self._look(), self._look()
+        self._own_reads = second[0] - first[0]
+
+    def _look(self):
+        info = self._client.execute_command("INFO", "stats", "commandstats")
+        calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in info.items()
+                 if name.startswith("cmdstat_") and name != "cmdstat_info"}
+        return info["total_reads_processed"], calls
+
+    def during(self, work):
+        """(round trips, Counter of commands) Redis served while `work()` ran."""
+        reads, calls = self._look()
+        work()
+        reads_after, calls_after = self._look()
+        commands = collections.Counter({name: n - calls.get(name, 0) for name, n in calls_after.items()})
+        return reads_after - reads - self._own_reads, +commands
+
+    def close(self):
+        self._client.close()
+
+
+def timed_request(port, request):
+    """ms of one request; `request` is (cookies, method, path, body, headers, expected status).
+
+    A fresh client per request with the cookies given, so a cookie the portal
+    clears (an ended session's) is sent again next time, as by many tabs."""
+    cookies, method, path, body, headers, expected = request
+    browser = Browser("127.0.0.1", port)
+    browser.cookies = dict(cookies)
+    started = time.perf_counter()
+    page = browser.request(method, path, body, headers, follow=False)
+    elapsed = (time.perf_counter() - started) * 1000
+    assert page.status == expected, (method, path, page.status, expected)
+    return elapsed
+
+
+def timed_batch(port, requests, concurrency):
+    """ms of each request, sent one after another or by `concurrency` clients at once."""
+    if concurrency == 1:
+        return [timed_request(port, request) for request in requests]
+    times, lock = [], threading.Lock()
+
+    def client(mine):
+        measured = [timed_request(port, request) for request in mine]
+        with lock:
+            times.extend(measured)
+
+    run_together([lambda mine=requests[n::concurrency]: client(mine) for n in range(concurrency)])
+    return times
+
+
+def requests_per_client(requests, concurrency):
+    """Each client's share of one batch at concurrency: at most `requests` in all, at least one each."""
+    return max(1, requests // (BACKEND_BATCHES * concurrency))
+
+
+def format_median(times):
+    return f"{statistics.median(times):.1f}" if times else "skipped"
+
+
+def format_ms(times):
+    return f"{statistics.median(times):.1f} / {percentile(times, 0.99):.1f}" if times else "skipped"
+
+
+def format_difference(memory, redis):
+    return f"{statistics.median(redis) - statistics.median(memory):+.2f}" if memory and redis else "skipped"
 
 
 def main():
@@ -412,6 +695,8 @@ def main():
         peak = rss_kib(bench.process.pid, "VmHWM")
         transfers = bench.transfer_memory(browser)
         burst = bench.webhook_burst(args.webhooks, args.concurrency)
+        bench.fake.delay = 0
+        backends, redis_traffic, redis_skipped = bench.backends_side_by_side(args.requests, args.concurrency)
     finally:
         bench.close()
 
@@ -426,6 +711,29 @@ def main():
         p50 = statistics.median(seq)
         print(f"| {name} | {p50:.1f} | {percentile(seq, 0.95):.1f} | {statistics.median(conc):.1f} | "
               f"{percentile(conc, 0.95):.1f} | {rps:.0f} | {p50 - args.delay_ms:.1f} | {instant[name]:.1f} |")
+    at_once = BACKEND_BATCHES * requests_per_client(args.requests, args.concurrency) * args.concurrency
+    print(f"\nState backends side by side, ms (fake Chatwoot instant; per page and backend {args.requests} requests "
+          f"one after another, the backends taking turns, and {at_once} at concurrency {args.concurrency} in "
+          f"{BACKEND_BATCHES} batches alternating between them; two fresh portals, the same but for STATE_URL)")
+    if redis_skipped:
+        print(f"Redis column skipped: {redis_skipped}")
+    print("| page | memory p50 / p99 | Redis p50 / p99 | Redis minus memory, p50 "
+          "| inside the portal, p50: memory / Redis | Redis round trips |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for mode, suffix in (("sequential", ""), ("concurrent", f", at c{args.concurrency}")):
+        for name, times in backends.items():
+            memory, on_redis = times["memory"], times.get("Redis", {})
+            inside = " / ".join(format_median(t.get(mode + " inside")) for t in (memory, on_redis))
+            trips = f"{redis_traffic[name][0]:.1f}" if name in redis_traffic else "skipped"
+            print(f"| {name}{suffix} | {format_ms(memory[mode])} | {format_ms(on_redis.get(mode))} | "
+                  f"{format_difference(memory[mode], on_redis.get(mode))} | {inside} | {trips} |")
+    if redis_traffic:
+        print("\nRedis commands per request (INFO commandstats; a script's own calls count too, "
+              "a round trip may carry several)")
+        print("| page | commands | of which |\n| --- | --- | --- |")
+        for name, (_, commands) in redis_traffic.items():
+            listed = ", ".join(f"{command} {n:.1f}" for command, n in sorted(commands.items(), key=lambda c: -c[1]))
+            print(f"| {name} | {sum(commands.values()):.1f} | {listed or 'none'} |")
     print(f"\nDashboard of a contact with 500 tickets (fake Chatwoot, {args.delay_ms:g} ms per call)")
     print("| page | Chatwoot calls | p50 ms |\n| --- | --- | --- |")
     for name, calls, p50 in big_pages:

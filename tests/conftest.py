@@ -88,9 +88,44 @@ def clock():
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the whole run (tests keep apart by STATE_PREFIX)."""
+    require_tools("redis-server")
+    from redis_server import RedisServer
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def fake():
+def state_backend():
+    """Where the portal keeps its state: "memory" unless a module asks for both
+    (see `both_backends`)."""
+    return "memory"
+
+
+@pytest.fixture
+def state_settings(request, state_backend):
+    """STATE_URL and STATE_PREFIX for the backend under test: a fresh prefix per test on Redis."""
+    if state_backend == "memory":
+        return {}
+    server = request.getfixturevalue("redis_server")
+    return {"STATE_URL": server.url, "STATE_PREFIX": server.prefix()}
+
+
+@pytest.fixture(name="state_backend", params=["memory", "redis"])
+def both_backends(request):
+    """A module that imports this (`from conftest import both_backends`) runs each
+    of its tests on memory and on Redis."""
+    return request.param
+
+
+@pytest.fixture
+def fake(state_settings):
     server = FakeChatwoot(token="test-token").start()
+    # Every portal test has this fixture; portal_settings takes the backend from it.
+    server.state_settings = state_settings
     server.api_inbox = server.add_inbox("Customer Portal", "Channel::Api")
     server.email_inbox = server.add_inbox("Support email", "Channel::Email")
     server.jane = server.add_contact("Jane Doe", "jane@example.com")
@@ -134,6 +169,7 @@ def portal_settings(fake, smtp, **overrides):
         "SMTP_FROM": "support@example.com",
         # Each portal its own state file: no queued mail leaks into another test.
         "STATE_DIR": tempfile.mkdtemp(prefix="portal-state-"),
+        **getattr(fake, "state_settings", {}),
     }
     settings.update(overrides)
     return settings

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import BASE, portal_settings, sign_in, start_portal
+from conftest import both_backends  # noqa: F401  (every test here runs on memory and on Redis)
 
 WEBHOOK_SECRET = "whsec-0123456789abcdefghij"
 
@@ -538,14 +539,17 @@ def test_healthz_reports_the_queue_depth_and_the_oldest_items_age(fake, smtp, cl
         running.close()
 
 
-def test_check_reports_the_webhook_secret_and_a_writable_state_folder(fake, smtp, tmp_path):
+def test_check_reports_the_webhook_secret_and_where_the_queue_lives(fake, smtp, tmp_path, state_backend):
     from test_check import run_portal
 
     result = run_portal(["--check"], portal_settings(fake, smtp, WEBHOOK_SECRET=WEBHOOK_SECRET,
                                                      STATE_DIR=str(tmp_path / "state")), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WEBHOOK_SECRET is set" in result.stdout and WEBHOOK_SECRET not in result.stdout
-    assert "writable" in result.stdout
+    if state_backend == "memory":
+        assert "State folder" in result.stdout and "writable" in result.stdout
+    else:
+        assert "ok    Redis at redis://" in result.stdout and "reply-mail queue" in result.stdout
     result = run_portal(["--check"], portal_settings(fake, smtp), tmp_path)
     assert "WEBHOOK_SECRET is not set" in result.stdout
 
@@ -555,7 +559,9 @@ def test_check_fails_on_a_state_folder_it_cannot_write(fake, smtp, tmp_path):
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run_portal(["--check"], portal_settings(fake, smtp, STATE_DIR=str(blocker / "state")), tmp_path)
+    # The folder matters without STATE_URL only: on Redis nothing is written there.
+    settings = portal_settings(fake, smtp, STATE_DIR=str(blocker / "state"), STATE_URL="")
+    result = run_portal(["--check"], settings, tmp_path)
     assert result.returncode == 1
     assert "STATE_DIR" in result.stdout
 
@@ -565,7 +571,7 @@ def test_the_portal_refuses_to_start_without_a_usable_state_folder(fake, smtp, t
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run_portal([], portal_settings(fake, smtp, STATE_DIR=str(blocker / "state")), tmp_path)
+    result = run_portal([], portal_settings(fake, smtp, STATE_DIR=str(blocker / "state"), STATE_URL=""), tmp_path)
     assert result.returncode == 2
     assert "STATE_DIR" in result.stderr and "Traceback" not in result.stderr
 

@@ -13,6 +13,7 @@ import urllib.parse
 import pytest
 
 import conftest
+from conftest import both_backends  # noqa: F401  (every test here runs on memory and on Redis)
 import i18n
 from conftest import SECRET, sign_in
 from portal import SIGNIN_PER_ADDRESS, SIGNIN_PER_IP

@@ -16,6 +16,7 @@ import pytest
 
 import security
 from conftest import SECRET, sign_in
+from conftest import both_backends  # noqa: F401  (every test here runs on memory and on Redis)
 from portal import SIGNIN_PER_ADDRESS, SIGNIN_PER_IP
 from security import (
     EXPIRED,

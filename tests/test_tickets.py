@@ -14,6 +14,7 @@ import pytest
 
 import fake_chatwoot
 from conftest import sign_in
+from conftest import both_backends  # noqa: F401  (every test here runs on memory and on Redis)
 
 JANE = "jane@example.com"
 BOB = "bob@example.com"

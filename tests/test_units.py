@@ -151,19 +151,19 @@ def test_session_ids_are_long_random_and_url_safe(clock):
 def test_the_same_form_id_gets_the_same_done_once(clock):
     store = SessionStore(IDLE, clock)
     session = store.create(17, "jane@example.com", "Jane")
-    first = store.once(session, "form-a")
-    assert store.once(session, "form-a") is first
-    assert store.once(session, "form-b") is not first
+    first = store.done_once(session, "form-a")
+    assert store.done_once(session, "form-a") is first
+    assert store.done_once(session, "form-b") is not first
 
 
 def test_the_forms_remembered_per_session_are_capped(clock):
     store = SessionStore(IDLE, clock)
     session = store.create(17, "jane@example.com", "Jane")
     for number in range(MAX_FORMS_PER_SESSION * 4):
-        store.once(session, f"form-{number}")
+        store.done_once(session, f"form-{number}")
     assert len(session.forms) <= MAX_FORMS_PER_SESSION
     newest = f"form-{MAX_FORMS_PER_SESSION * 4 - 1}"
-    assert store.once(session, newest) is session.forms[newest]
+    assert store.done_once(session, newest) is session.forms[newest]
 
 
 def test_a_flash_is_shown_once(clock):
@@ -361,6 +361,8 @@ def _portal_keys():
     keys.update(re.findall(r'translate\(\s*[\w.]+\s*,\s*"(\w+)"', source))
     keys.update(re.findall(r'form_again\(\s*\d+\s*,\s*"(\w+)"', source))
     keys.update(re.findall(r'[?&]notice=(\w+)', source))
+    for rest in re.findall(r'set_flash\([^,]+,\s*(.+)', source):
+        keys.update(re.findall(r'"(\w+)"', rest))
     for rest in re.findall(r'\b(?:flash|notice|problem|heading_key|message_key|error)\s*=\s*(.+)', source):
         rest = re.sub(r'\.(?:arg|field|get)\("\w+"\)', "", rest)  # names of request fields, not keys
         keys.update(re.findall(r'"(\w+)"', rest))

@@ -300,23 +300,38 @@ class KnownFiles:
     The ticket page has just checked ownership and read the thread, so the
     thumbnails and links on it cost no more Chatwoot calls than the file itself.
     A link opened later, or elsewhere, checks everything again.
+
+    Only tickets with files are kept (most have none), and entries go once
+    expired or past MAX_FILES: forgetting one early costs its next download a
+    read of the thread, nothing more.
     """
 
     TTL_SECONDS = 600
-    MAX_TICKETS = 10_000
+    # An Attachment holds Chatwoot's two long URLs: ~800 bytes a file, so ~2 MB
+    # at most, the files of the tickets a few hundred customers opened lately.
+    MAX_FILES = 2000
 
     def __init__(self, clock=time.time):
         self._clock = clock
-        self._tickets = collections.OrderedDict()  # (contact, ticket) -> (expiry, {id: Attachment})
+        # (contact, ticket) -> (expiry, {id: Attachment}); least recently remembered
+        # first, which is also soonest to expire: every entry lives TTL_SECONDS.
+        self._tickets = collections.OrderedDict()
+        self._files = 0  # attachments in self._tickets
         self._lock = threading.Lock()
 
     def remember(self, contact_id, ticket_id, thread):
         files = {a.id: a for message in thread for a in message.attachments}
+        now = self._clock()
         with self._lock:
-            self._tickets.pop((contact_id, ticket_id), None)
-            self._tickets[(contact_id, ticket_id)] = (self._clock() + self.TTL_SECONDS, files)
-            while len(self._tickets) > self.MAX_TICKETS:
-                self._tickets.popitem(last=False)
+            self._forget((contact_id, ticket_id))
+            if files:
+                self._tickets[(contact_id, ticket_id)] = (now + self.TTL_SECONDS, files)
+                self._files += len(files)
+            while self._tickets:  # the oldest first; a ticket with more files than the cap stays alone
+                key, (expiry, _) = next(iter(self._tickets.items()))
+                if expiry >= now and (self._files <= self.MAX_FILES or len(self._tickets) == 1):
+                    break
+                self._forget(key)
 
     def get(self, contact_id, ticket_id, attachment_id):
         with self._lock:
@@ -324,6 +339,16 @@ class KnownFiles:
         if entry is None or entry[0] < self._clock():
             return None
         return entry[1].get(attachment_id)
+
+    def __len__(self):
+        with self._lock:
+            return len(self._tickets)
+
+    def _forget(self, key):
+        """Drop one ticket's entry, if any (caller holds the lock)."""
+        entry = self._tickets.pop(key, None)
+        if entry is not None:
+            self._files -= len(entry[1])
 
 
 def human_size(size, lang):

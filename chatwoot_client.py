@@ -60,6 +60,8 @@ FILE_CHUNK_BYTES = 64 * 1024
 MAX_IDLE_SECONDS = 15
 # Idle connections kept: up to two calls in flight for each of waitress' 16 threads.
 POOL_SIZE = 32
+# Threads that run a page's Chatwoot calls side by side (started as needed).
+EXECUTOR_THREADS = 16
 # The largest JSON answer read (a page of 1000 messages is a few MB): a bigger one
 # is refused unread, never held whole, whatever Chatwoot or a proxy sends.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -230,7 +232,7 @@ class ChatwootClient:
         self._ssl = ssl.create_default_context() if self._https else None
         # The second call of a ticket page runs here, beside the request thread.
         # One worker per waitress thread (16): pages never queue behind each other.
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="chatwoot")
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="chatwoot")
         # After a 404/422 from conversations/filter (Chatwoot before 4.14.2),
         # don't ask again on every dashboard.
         self._filter_unsupported = False

@@ -41,8 +41,9 @@ so items below the ninth list level are lost): the limit also bounds the work on
 hostile input like `[a[a[a...`, which grows with it, so it stays.
 """
 
-import functools
+import collections
 import re
+import threading
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -58,8 +59,20 @@ _ALLOWED_LINK = re.compile(r"(?:https?://|mailto:)", re.IGNORECASE)
 HEADING_SHIFT = 2
 
 # A fenced block's language, e.g. "python" or "c++"; anything else is dropped.
-RENDER_CACHE_SIZE = 4096
 _LANGUAGE = re.compile(r"[\w+#.-]{1,32}")
+
+# A message never changes once sent, and a thread is read again and again, so the
+# HTML of recent messages is kept: rendering takes about 1 ms for 500 characters.
+# Every process keeps its own, bounded twice: by messages (each costs ~200 bytes
+# beside its characters, however short) and by characters of text and HTML (a
+# message may be 40 characters or 100,000). 1,024 typical ones of 500 characters
+# (the threads of the last few dozen tickets opened, the last reply mails) take
+# 1.5 MB; it never holds more than ~2.2 MB of ASCII, ~8 MB of emoji.
+RENDER_CACHE_MESSAGES = 1024
+RENDER_CACHE_CHARS = 2_000_000
+# Longer than this (text and HTML) is rendered every time, not kept: one such
+# message would push out dozens of ordinary ones.
+RENDER_CACHE_MAX_ENTRY_CHARS = RENDER_CACHE_CHARS // 32
 
 # Bare URLs: where one starts, then its pieces one at a time (a run of ordinary
 # characters, or a single parenthesis), so parentheses can be counted and every
@@ -72,14 +85,63 @@ _TRAILING_PUNCTUATION = ".,;:!?'*"
 
 def agent_markdown(untrusted_text):
     """Markup for an agent's message: CommonMark blocks and inlines, safe to show."""
-    return Markup(_render(untrusted_text))
+    html = _rendered.get(untrusted_text)
+    if html is None:
+        html = _render(untrusted_text)
+        _rendered.put(untrusted_text, html)
+    return Markup(html)
 
 
-# A message never changes once sent, and a thread is read again and again: the
-# rendered text of recent messages is kept (at most RENDER_CACHE_SIZE of them).
-@functools.lru_cache(maxsize=RENDER_CACHE_SIZE)
 def _render(untrusted_text):
     return _md.render(untrusted_text).rstrip("\n")
+
+
+class RenderCache:
+    """text -> HTML, least recently used first out, within a count and a size.
+
+    waitress renders on several threads: one lock guards the dict and the running
+    size. Two threads may render the same text at once; the second put just
+    replaces the first.
+    """
+
+    def __init__(self, max_messages, max_chars, max_entry_chars):
+        self.max_messages, self.max_chars, self.max_entry_chars = max_messages, max_chars, max_entry_chars
+        self._items = collections.OrderedDict()
+        self._chars = 0  # len(text) + len(html) of everything kept
+        self._lock = threading.Lock()
+
+    def get(self, text):
+        with self._lock:
+            html = self._items.get(text)
+            if html is not None:
+                self._items.move_to_end(text)
+            return html
+
+    def put(self, text, html):
+        size = len(text) + len(html)
+        if size > self.max_entry_chars:
+            return
+        with self._lock:
+            old = self._items.pop(text, None)
+            if old is not None:
+                self._chars -= len(text) + len(old)
+            self._items[text] = html
+            self._chars += size
+            while len(self._items) > self.max_messages or self._chars > self.max_chars:
+                gone_text, gone_html = self._items.popitem(last=False)
+                self._chars -= len(gone_text) + len(gone_html)
+
+    def __len__(self):
+        with self._lock:
+            return len(self._items)
+
+    @property
+    def chars(self):
+        with self._lock:
+            return self._chars
+
+
+_rendered = RenderCache(RENDER_CACHE_MESSAGES, RENDER_CACHE_CHARS, RENDER_CACHE_MAX_ENTRY_CHARS)
 
 
 def _is_allowed_link(normalized_url):

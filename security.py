@@ -74,7 +74,7 @@ class Signer:
 # Sessions
 # ---------------------------------------------------------------------------
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Session:
     id: str
     contact_id: int
@@ -90,9 +90,11 @@ class Session:
 class DoneOnce:
     """The outcome of one submitted form, shared by its duplicates."""
 
-    def __init__(self):
+    __slots__ = ("lock", "result", "uncertain_since")
+
+    def __init__(self, result=None):
         self.lock = threading.Lock()
-        self.result = None
+        self.result = result
         # Wall-clock time of an attempt whose answer was lost (Chatwoot may or may
         # not have done it); the next try looks before it writes again.
         self.uncertain_since = None
@@ -151,6 +153,8 @@ class SessionStore:
                 if len(session.forms) >= MAX_FORMS_PER_SESSION:
                     session.forms.pop(next(iter(session.forms)))
                 done = session.forms[form_id] = DoneOnce()
+            elif not isinstance(done, DoneOnce):  # a finished form, kept as its bare result
+                done = session.forms[form_id] = DoneOnce(done)
             return done
 
     @contextlib.contextmanager
@@ -159,8 +163,20 @@ class SessionStore:
         held by one request at a time. A duplicate of the form waits here for the
         first, then finds `done.result` (and `done.uncertain_since`) as it left them."""
         done = self.done_once(session, form_id)
-        with done.lock:
-            yield done
+        try:
+            with done.lock:
+                yield done
+        finally:
+            self._compact(session, form_id, done)
+
+    def _compact(self, session, form_id, done):
+        """A finished form is kept as its result alone (a ticket id), without its lock:
+        most sessions send a few forms, and each would otherwise hold ~350 bytes for
+        as long as the session lives. A duplicate already waiting holds the DoneOnce."""
+        with self._lock:
+            if (session.forms.get(form_id) is done and done.result is not None and done.uncertain_since is None
+                    and not done.lock.locked()):
+                session.forms[form_id] = done.result
 
     def set_flash(self, session, key):
         """The message the session's next page shows once."""
@@ -185,7 +201,7 @@ class SessionStore:
 # Magic links
 # ---------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class MagicLink:
     contact_id: int
     email: str
@@ -208,7 +224,7 @@ class SignInSecrets(typing.NamedTuple):
 EXPIRED, USED, LOCKED = "expired", "used", "locked"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class RetiredLink:
     """What is left of a link that no longer works: enough for its page, nothing to sign in with."""
 

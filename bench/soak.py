@@ -1,9 +1,11 @@
 """Soak test: many mixed requests from a second process, then leaks and losses.
 
     python bench/soak.py [--requests 30000] [--concurrency 32] [--time-limit 180]
+                         [--portal-env NAME=VALUE ...]
 
 Starts the fake Chatwoot (no delay) and an SMTP catcher in this process, the
-portal as a separate process (WEBHOOK_SECRET set, NOTIFY_DELAY_SECONDS=0), and
+portal as a separate process (with the `Environment=` settings of portal.service,
+as production runs it; WEBHOOK_SECRET set, NOTIFY_DELAY_SECONDS=0), and
 the load generator as a third process (multiprocessing, spawn). The generator's
 workers each play one customer: they sign in (request a link, read it from the
 SMTP catcher, open it, confirm), look at the dashboard and ticket pages, open
@@ -12,9 +14,12 @@ for agent replies (each delivered twice, as Chatwoot does).
 
 A short warm-up at full concurrency comes first; then RSS, open files and
 threads of the portal are taken as the baseline, the soak runs, and after a
-short settle they are taken again. Last, a reconciliation: every ticket and
-reply the soak made exists in the fake Chatwoot exactly once, and every reply
-mail and sign-in mail arrived exactly once.
+short settle they are taken again. The RSS is also sampled as each tenth of
+either phase's requests begins and printed as a curve: a cache filling to its
+cap levels off, a leak keeps climbing, and so does state kept for a time longer
+than the soak (every sign-in leaves a session, alive for SESSION_IDLE_MINUTES).
+Last, a reconciliation: every ticket and reply the soak made exists in the fake
+Chatwoot exactly once, and every reply mail and sign-in mail arrived exactly once.
 
 Everything is on 127.0.0.1, every loop is bounded by a count and a deadline,
 and the generator is killed when it overruns the time limit. Exits 1 when a
@@ -34,6 +39,8 @@ import os
 import queue
 import random
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,6 +56,7 @@ for _path in (str(ROOT), str(ROOT / "tests")):
         sys.path.insert(0, _path)
 
 from browser import encode_multipart  # noqa: E402
+from chatwoot_client import EXECUTOR_THREADS, POOL_SIZE  # noqa: E402
 
 WEBHOOK_SECRET = "soak-webhook-secret-0123456789"
 SIGNIN_SUBJECT = "Your sign-in link"
@@ -56,6 +64,9 @@ PDF = b"%PDF-1.4\n" + bytes(range(256)) * 80 + b"\n%%EOF\n"  # ~20 KB
 # Share of the generator's choices; a sign-in is 5 requests, a create 2, the rest 1.
 MIX = (("dashboard", 24), ("ticket", 24), ("download", 10), ("reply", 11), ("create", 6),
        ("cancel", 3), ("webhook", 14), ("signin", 3))
+# The portal's RSS is sampled this many times during the soak (each tenth of its
+# requests), so a reader sees whether it levels off or keeps climbing.
+CURVE_POINTS = 10
 
 
 # ---------------------------------------------------------------------------
@@ -128,19 +139,21 @@ class Client:
         return self.request(route, "POST", path, body, {"Content-Type": content_type})
 
 
-def _generator_main(options, links, results):
+def _generator_main(options, links, results, progress):
     """Entry point of the generator process: run the workers, send back what happened."""
     try:
-        results.put(("ok", _generate(options, links)))
+        results.put(("ok", _generate(options, links, progress)))
     except BaseException as error:  # noqa: BLE001 - the parent must hear about it
         results.put(("error", repr(error)))
 
 
-def _generate(options, links):
+def _generate(options, links, progress):
+    """Run the workers; `progress` hears the count of requests begun at each tenth of the budget."""
     port, concurrency, budget = options["port"], options["concurrency"], options["requests"]
     deadline = time.monotonic() + options["seconds"]
     lock = threading.Lock()
     remaining = [budget]
+    marks = [budget * tenth // CURVE_POINTS for tenth in range(CURVE_POINTS, 0, -1)]  # next mark last
     timings = collections.defaultdict(list)
     statuses = collections.Counter()
     unexpected = []
@@ -163,6 +176,8 @@ def _generate(options, links):
             if remaining[0] < count or time.monotonic() > deadline:
                 return False
             remaining[0] -= count
+            while marks and budget - remaining[0] >= marks[-1]:
+                progress.put(marks.pop())
             return True
 
     def record(route, status, ms, error):
@@ -188,9 +203,17 @@ def _generate(options, links):
         count = 0
         names, weights = zip(*MIX)
 
-        def sign_in():  # 5 requests: the form, the link asked for, opened, confirmed, the dashboard
-            if not take(5):
+        def sign_in(again=False):  # 5 requests: the form, the link asked for, opened, confirmed, the dashboard
+            # A customer signing in again mostly signed out before (3 in 4, a 6th
+            # request); the others left their session to run out (SESSION_IDLE_MINUTES)
+            # and come back from another browser.
+            sign_out = again and rng.random() < 0.75
+            if not take(6 if sign_out else 5):
                 return False
+            if sign_out:
+                status, _, data = client.post_form("POST /logout", "/portal/logout", {})
+                if not expect("POST /logout", status, (303,), data):
+                    return False
             client.close()
             client.cookies.clear()
             status, _, data = client.request("GET /", "GET", "/portal/")
@@ -224,7 +247,7 @@ def _generate(options, links):
         while not stop.is_set():
             action = rng.choices(names, weights)[0]
             if action == "signin":
-                if not sign_in():
+                if not sign_in(again=True):
                     break
                 continue
             if action == "create":
@@ -380,7 +403,10 @@ def fd_kinds(pid):
 
 
 def resources(pid):
-    return dict(rss=proc_status(pid, "VmRSS"), fds=open_fds(pid), threads=proc_status(pid, "Threads"),
+    # RssAnon is the heap (Python's and malloc's) and thread stacks; RssFile is code
+    # and libraries mapped from disk, which settles once every route has run.
+    return dict(rss=proc_status(pid, "VmRSS"), rss_anon=proc_status(pid, "RssAnon"),
+                rss_file=proc_status(pid, "RssFile"), fds=open_fds(pid), threads=proc_status(pid, "Threads"),
                 kinds=fd_kinds(pid))
 
 
@@ -395,9 +421,25 @@ def settle(pid, baseline, seconds, fd_margin=0, thread_margin=0):
         time.sleep(0.2)
 
 
+def unit_environment(unit=ROOT / "portal.service"):
+    """The `Environment=` settings of the systemd unit, so the soak runs the portal as
+    production does (allocator settings included); the caller overrides STATE_DIR."""
+    settings = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            for assignment in shlex.split(line[len("Environment="):]):
+                name, sep, value = assignment.partition("=")
+                if sep:
+                    settings[name] = value
+    return settings
+
+
 def run_soak(requests=30_000, concurrency=32, seconds=180.0, warmup=None, seed=1, log=print,
-             fd_margin=0, thread_margin=0):
-    """Run the whole soak; returns a dict of figures and a list of missed goals (`failures`)."""
+             fd_margin=0, thread_margin=0, portal_env=None):
+    """Run the whole soak; returns a dict of figures and a list of missed goals (`failures`).
+
+    The portal gets the unit's `Environment=` settings (unit_environment), then
+    `portal_env`: more for this run, e.g. {"MALLOC_ARENA_MAX": "2"}."""
     from aiosmtpd.controller import Controller
     from fake_chatwoot import FakeChatwoot
 
@@ -407,6 +449,7 @@ def run_soak(requests=30_000, concurrency=32, seconds=180.0, warmup=None, seed=1
     fake = FakeChatwoot(token="soak-token").start()
     mailbox = Mailbox()
     smtp = portal = None
+    state_dir = tempfile.mkdtemp(prefix="portal-soak-")
     context = multiprocessing.get_context("spawn")
     try:
         inbox = fake.add_inbox("Customer Portal", "Channel::Api")
@@ -449,14 +492,17 @@ def run_soak(requests=30_000, concurrency=32, seconds=180.0, warmup=None, seed=1
         smtp.start()
         port = free_port()
         portal_log = tempfile.TemporaryFile(mode="w+")
-        env = dict(os.environ, HOST="127.0.0.1", PORT=str(port), BASE_PATH="/portal",
+        unit_env = unit_environment()
+        env = dict(os.environ, **unit_env)
+        env.update(HOST="127.0.0.1", PORT=str(port), BASE_PATH="/portal",
                    PORTAL_URL=f"http://127.0.0.1:{port}", CHATWOOT_URL=fake.url,
                    CHATWOOT_API_TOKEN=fake.token, CHATWOOT_ACCOUNT_ID=str(fake.account_id),
                    CHATWOOT_INBOX_ID=str(inbox), SESSION_SECRET="soak-" + "x" * 40,
                    SMTP_ADDRESS="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_SECURITY="none",
                    SMTP_FROM="support@example.com", PYTHONUNBUFFERED="1", TRUSTED_PROXY="127.0.0.1",
                    WEBHOOK_SECRET=WEBHOOK_SECRET, NOTIFY_DELAY_SECONDS="0",
-                   STATE_DIR=tempfile.mkdtemp(prefix="portal-soak-"))
+                   STATE_DIR=state_dir)
+        env.update(portal_env or {})
         portal = subprocess.Popen([sys.executable, str(ROOT / "portal.py")], cwd=ROOT, env=env,
                                   stdout=portal_log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -477,10 +523,18 @@ def run_soak(requests=30_000, concurrency=32, seconds=180.0, warmup=None, seed=1
         started_at = resources(portal.pid)
 
         def generate(count, bodies, phase_seconds, phase_seed):
-            results = context.Queue()
+            """Run one phase; its result has `curve`: [(requests begun, RSS KiB)] at each tenth."""
+            results, progress, curve = context.Queue(), context.Queue(), []
             options = dict(port=port, concurrency=concurrency, requests=count, seconds=phase_seconds,
                            seed=phase_seed, run=f"{run}-{phase_seed}", workers=workers, webhooks=bodies)
-            process = context.Process(target=_generator_main, args=(options, links, results), daemon=True)
+
+            def sample_rss():
+                while (begun := progress.get()) is not None:
+                    curve.append((begun, proc_status(portal.pid, "VmRSS")))
+
+            sampler = threading.Thread(target=sample_rss, daemon=True)
+            sampler.start()
+            process = context.Process(target=_generator_main, args=(options, links, results, progress), daemon=True)
             process.start()
             try:
                 status, value = results.get(timeout=max(1.0, min(phase_seconds + 60, hard_stop - time.monotonic())))
@@ -490,9 +544,11 @@ def run_soak(requests=30_000, concurrency=32, seconds=180.0, warmup=None, seed=1
             if process.is_alive():
                 process.kill()
                 process.join(5)
+            progress.put(None)
+            sampler.join(5)
             if status != "ok":
                 raise RuntimeError(value)
-            return value
+            return dict(value, curve=curve)
 
         log(f"soak: warm-up, {warmup} requests at concurrency {concurrency}")
         t0 = time.perf_counter()
@@ -572,7 +628,9 @@ def run_soak(requests=30_000, concurrency=32, seconds=180.0, warmup=None, seed=1
             five_xx=five_xx, unexpected=warm["unexpected"] + main["unexpected"],
             routes={route: (len(v), percentile(v, 0.5), percentile(v, 0.99), max(v)) for route, v in timings.items()},
             rss_start=started_at["rss"], rss_warm=baseline["rss"], rss_end=end["rss"], rss_peak=peak,
-            rss_growth=growth, baseline=baseline, end=end, settle_seconds=settle_seconds,
+            rss_growth=growth, rss_curve_warm=warm["curve"], rss_curve=main["curve"],
+            unit_env={k: v for k, v in unit_env.items() if k != "STATE_DIR"}, portal_env=dict(portal_env or {}),
+            baseline=baseline, end=end, settle_seconds=settle_seconds,
             mail_seconds=mail_seconds, created=len(made), replies=len(sent), cancelled=len(main["cancelled"]),
             webhook_replies=len(expected), reply_mails=sum(reply_mails.values()), signins=sum(asked.values()),
             signin_mails=sum(signin_mails.values()), webhooks_left=main["webhooks_left"])
@@ -615,11 +673,16 @@ def run_soak(requests=30_000, concurrency=32, seconds=180.0, warmup=None, seed=1
         if smtp is not None:
             smtp.stop()
         fake.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def report(figures, print=print):
     print(f"\nSoak: {figures['requests']} requests at concurrency {figures['concurrency']} in "
           f"{figures['seconds']:.1f} s ({figures['rps']:.0f} req/s; warm-up {figures['warmup_seconds']:.1f} s)")
+    settings = [f"{k}={v}" for k, v in figures["unit_env"].items()]
+    added = [f"{k}={v}" for k, v in figures["portal_env"].items()]
+    print("portal environment as in portal.service: " + (" ".join(settings) or "nothing")
+          + (f"; added for this run: {' '.join(added)}" if added else ""))
     answered = ", ".join(f"{count} x {status}" for status, count in sorted(figures["statuses"].items()))
     print(f"answers: {answered}; 5xx: {figures['five_xx']} (goal 0); unexpected: {len(figures['unexpected'])} (goal 0)")
     print("| route | requests | p50 ms | p99 ms | max ms |\n| --- | --- | --- | --- | --- |")
@@ -629,9 +692,13 @@ def report(figures, print=print):
     print("\n| portal process | at start | after warm-up (baseline) | at the end (settled) |\n| --- | --- | --- | --- |")
     print(f"| RSS MiB | {figures['rss_start'] / 1024:.1f} | {figures['rss_warm'] / 1024:.1f} | "
           f"{figures['rss_end'] / 1024:.1f} (growth {figures['rss_growth']:+.1f} %, goal < 10 %; peak {figures['rss_peak'] / 1024:.1f}) |")
+    print(f"| of it anonymous / files MiB | | {base['rss_anon'] / 1024:.1f} / {base['rss_file'] / 1024:.1f} | "
+          f"{end['rss_anon'] / 1024:.1f} / {end['rss_file'] / 1024:.1f} |")
     print(f"| open fds | | {base['fds']} {base['kinds']} | {end['fds']} {end['kinds']} |")
     print(f"| threads | | {base['threads']} | {end['threads']} |")
     print(f"(mails all in {figures['mail_seconds']:.1f} s after the load; settled within {figures['settle_seconds']:.1f} s)")
+    print(rss_curve("RSS MiB during the warm-up", figures["rss_curve_warm"]))
+    print(rss_curve("RSS MiB during the soak", figures["rss_curve"], figures["rss_warm"]))
     print(f"\nReconciliation: {figures['created']} tickets opened, {figures['replies']} replies, "
           f"{figures['cancelled']} cancels; {figures['webhook_replies']} agent replies by webhook (each delivered twice) -> "
           f"{figures['reply_mails']} reply mails; {figures['signins']} sign-in requests -> {figures['signin_mails']} sign-in mails")
@@ -643,15 +710,36 @@ def report(figures, print=print):
         print("\nAll goals met.")
 
 
+def rss_curve(title, curve, baseline=None):
+    """One line: the RSS as each tenth of a phase's requests began (growth from `baseline`)."""
+    points = []
+    for begun, rss in curve:
+        growth = f" {(rss - baseline) / baseline * 100:+.1f} %" if baseline else ""
+        points.append(f"{begun}: {rss / 1024:.1f}{growth}")
+    return f"{title}, after n requests began: " + ("; ".join(points) or "(no samples)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--time-limit", type=float, default=180.0, help="seconds the soak itself may take (default 180)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--portal-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="also set this in the portal's environment (repeatable), e.g. MALLOC_ARENA_MAX=2")
     args = parser.parse_args()
+    portal_env = {}
+    for setting in args.portal_env:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            parser.error(f"--portal-env wants NAME=VALUE, not {setting!r}")
+        portal_env[name] = value
     started = time.perf_counter()
-    figures = run_soak(args.requests, args.concurrency, args.time_limit, seed=args.seed)
+    # Two pools fill lazily up to their bounds as concurrency peaks (the Chatwoot
+    # client's keep-alive connections and its executor threads): growth within
+    # them is not a leak, one socket or thread per request would pass them at once.
+    figures = run_soak(args.requests, args.concurrency, args.time_limit, seed=args.seed, portal_env=portal_env,
+                       fd_margin=POOL_SIZE, thread_margin=EXECUTOR_THREADS)
     report(figures)
     print(f"(whole run {time.perf_counter() - started:.1f} s)")
     sys.exit(1 if figures["failures"] else 0)

@@ -165,3 +165,47 @@ def test_download_headers_sandbox_the_file_and_encode_its_name():
 ])
 def test_human_sizes(size, lang, text):
     assert attachments.human_size(size, lang) == text
+
+
+# ---------------------------------------------------------------------------
+# KnownFiles: which files a customer may download, bounded
+# ---------------------------------------------------------------------------
+
+class _Clock:
+    def __init__(self):
+        self.now = 1_800_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _thread(*attachment_ids):
+    from types import SimpleNamespace
+    return [SimpleNamespace(attachments=[SimpleNamespace(id=number) for number in attachment_ids])]
+
+
+def test_known_files_keep_no_ticket_without_files():
+    known = attachments.KnownFiles(clock=_Clock())
+    known.remember(17, 1, _thread())
+    known.remember(17, 2, _thread(5))
+    assert len(known) == 1 and known.get(17, 2, 5).id == 5 and known.get(17, 1, 5) is None
+
+
+def test_known_files_drop_expired_tickets_as_new_ones_come():
+    clock = _Clock()
+    known = attachments.KnownFiles(clock=clock)
+    known.remember(17, 1, _thread(5))
+    clock.now += known.TTL_SECONDS + 1
+    assert known.get(17, 1, 5) is None
+    known.remember(17, 2, _thread(6))
+    assert len(known) == 1
+
+
+def test_known_files_forget_the_oldest_past_max_files_but_never_the_newest(monkeypatch):
+    monkeypatch.setattr(attachments.KnownFiles, "MAX_FILES", 3)
+    known = attachments.KnownFiles(clock=_Clock())
+    known.remember(17, 1, _thread(1, 2))
+    known.remember(17, 2, _thread(3, 4))  # 4 files: the oldest ticket goes
+    assert known.get(17, 1, 1) is None and known.get(17, 2, 3).id == 3
+    known.remember(17, 3, _thread(5, 6, 7, 8))  # alone over the cap, and still kept
+    assert len(known) == 1 and known.get(17, 3, 8).id == 8

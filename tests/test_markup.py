@@ -293,3 +293,41 @@ def test_a_200_kb_hostile_message_renders(text):
     worker.join(timeout=60)
     assert rendered, "agent_markdown did not finish within 60 s"
     assert_only_safe_html(rendered[0])
+
+
+# ---------------------------------------------------------------------------
+# The cache of rendered messages: bounded by count and by characters
+# ---------------------------------------------------------------------------
+
+def test_the_render_cache_forgets_the_least_recently_used_message_past_its_count():
+    from markup import RenderCache
+    cache = RenderCache(max_messages=3, max_chars=10_000, max_entry_chars=1000)
+    for text in ("a", "b", "c"):
+        cache.put(text, f"<p>{text}</p>")
+    assert cache.get("a") == "<p>a</p>"  # now the most recently used
+    cache.put("d", "<p>d</p>")
+    assert len(cache) == 3 and cache.get("b") is None
+    assert cache.get("a") and cache.get("c") and cache.get("d")
+
+
+def test_the_render_cache_stays_within_its_characters():
+    from markup import RenderCache
+    cache = RenderCache(max_messages=1000, max_chars=100, max_entry_chars=60)
+    for number in range(20):
+        cache.put(f"text {number:02d} " * 2, "<p>" + "x" * 20 + "</p>")
+    assert cache.chars <= 100 and 0 < len(cache) < 20
+
+
+def test_a_message_too_long_for_the_render_cache_is_shown_but_not_kept():
+    import markup
+    long_text = "word " * (markup.RENDER_CACHE_MAX_ENTRY_CHARS // 4)
+    before = len(markup._rendered)
+    html = agent_markdown(long_text)
+    assert html.startswith("<p>word word") and len(markup._rendered) == before
+    assert agent_markdown(long_text) == html
+
+
+def test_a_cached_message_renders_as_the_first_time():
+    text = "**bold** and <script>x</script> https://example.com/a_(b)"
+    first = agent_markdown(text)
+    assert agent_markdown(text) == first and "<script>" not in first

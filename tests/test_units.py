@@ -11,6 +11,7 @@ import re
 import socket
 import string
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from chatwoot_client import (
 )
 from config import ConfigError, load_config, read_dotenv
 from portal import COMPILED_ROUTES, ROUTES, Portal, Response, _client_ip, _route_label, _safe_next
-from security import MAX_FORMS_PER_SESSION, MagicLinkStore, RateLimiter, SessionStore, Signer
+from security import MAX_FORMS_PER_SESSION, DoneOnce, MagicLinkStore, RateLimiter, SessionStore, Signer
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "unit-secret-0123456789abcdef0123456789abcdef"
@@ -164,6 +165,39 @@ def test_the_forms_remembered_per_session_are_capped(clock):
     assert len(session.forms) <= MAX_FORMS_PER_SESSION
     newest = f"form-{MAX_FORMS_PER_SESSION * 4 - 1}"
     assert store.done_once(session, newest) is session.forms[newest]
+
+
+def test_a_finished_form_is_kept_as_its_result_alone_and_still_answers_a_duplicate(clock):
+    store = SessionStore(IDLE, clock)
+    session = store.create(17, "jane@example.com", "Jane")
+    with store.once(session, "create:a") as done:
+        done.result = 42
+    assert session.forms["create:a"] == 42  # no lock, no object: a few bytes per form
+    with store.once(session, "create:a") as again:
+        assert again.result == 42
+    with store.once(session, "create:b") as failed:
+        failed.uncertain_since = 1.0  # not finished: kept whole, for the next try
+    assert isinstance(session.forms["create:b"], DoneOnce)
+
+
+def test_a_duplicate_waiting_while_the_first_finishes_sees_its_result(clock):
+    store = SessionStore(IDLE, clock)
+    session = store.create(17, "jane@example.com", "Jane")
+    seen, waiting = [], threading.Event()
+
+    def duplicate():
+        waiting.set()
+        with store.once(session, "reply:a") as done:
+            seen.append(done.result)
+
+    with store.once(session, "reply:a") as first:
+        thread = threading.Thread(target=duplicate)
+        thread.start()
+        waiting.wait(5)
+        time.sleep(0.05)  # the duplicate is now blocked on the form's lock
+        first.result = 7
+    thread.join(5)
+    assert seen == [7]
 
 
 def test_a_flash_is_shown_once(clock):

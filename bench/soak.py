@@ -8,7 +8,7 @@ portal as a separate process (with the `Environment=` settings of portal.service
 as production runs it; WEBHOOK_SECRET set, NOTIFY_DELAY_SECONDS=0), and
 the load generator as a third process (multiprocessing, spawn). The generator's
 workers each play one customer: they sign in (request a link, read it from the
-SMTP catcher, open it, confirm), look at the dashboard and ticket pages, open
+SMTP catcher, open it, confirm), sign out, look at the dashboard and ticket pages, open
 tickets, reply, cancel, download a file, and post Chatwoot's signed webhooks
 for agent replies (each delivered twice, as Chatwoot does).
 
@@ -17,7 +17,9 @@ threads of the portal are taken as the baseline, the soak runs, and after a
 short settle they are taken again. The RSS is also sampled as each tenth of
 either phase's requests begins and printed as a curve: a cache filling to its
 cap levels off, a leak keeps climbing, and so does state kept for a time longer
-than the soak (every sign-in leaves a session, alive for SESSION_IDLE_MINUTES).
+than the soak: a customer signing in again signs out first 3 times in 4, the
+4th leaves its session to expire after SESSION_IDLE_MINUTES, and each used
+sign-in link leaves a record for a day.
 Last, a reconciliation: every ticket and reply the soak made exists in the fake
 Chatwoot exactly once, and every reply mail and sign-in mail arrived exactly once.
 

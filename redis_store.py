@@ -219,6 +219,7 @@ class RedisSessionStore:
         self._enter = client.register_script(_ONCE_ENTER)
         self._leave = client.register_script(_ONCE_LEAVE)
         self._renew = client.register_script(_ONCE_RENEW)
+        self._held, self._held_lock, self._renewer = {}, threading.Lock(), None  # see _hold
 
     def _key(self, session_id):
         return self._keys.secret("session", session_id)
@@ -292,26 +293,42 @@ class RedisSessionStore:
             # its try may have reached Chatwoot, so look before doing it again.
             uncertain_since = float(found[2])
         done = FormOutcome(result, uncertain_since)
-        stop = threading.Event()
-        renewal = threading.Thread(target=self._keep_lock, args=(lock, token, stop), name="form-lock", daemon=True)
-        renewal.start()
+        self._hold(lock, token)
         try:
             yield done
         finally:
-            stop.set()
+            self._unhold(lock)
             # Also after an exception: `uncertain_since` is set just for that case.
             with redis_errors():
                 self._leave(keys=[lock, outcome],
                             args=[token, json.dumps(done.result), json.dumps(done.uncertain_since),
                                   _ms(security.MAX_SESSION_SECONDS)])
 
-    def _keep_lock(self, lock, token, stop):
-        """Renew a form's lock until `stop` is set (a thread of `once`)."""
-        while not stop.wait(ONCE_LOCK_SECONDS / 3):
-            try:
-                self._renew(keys=[lock], args=[token, _ms(ONCE_LOCK_SECONDS)])
-            except redis.exceptions.RedisError as error:  # the request itself will meet it too
-                log.warning("could not renew a form's lock: %s", error)
+    def _hold(self, lock, token):
+        """Keep renewing this form's lock until `_unhold`. One thread per store renews
+        every lock its requests hold: a thread started per form would cost each POST
+        a start-up handshake, slow when every waitress thread is busy."""
+        with self._held_lock:
+            self._held[lock] = token
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._keep_locks, name="form-locks", daemon=True)
+                self._renewer.start()
+
+    def _unhold(self, lock):
+        with self._held_lock:
+            self._held.pop(lock, None)
+
+    def _keep_locks(self):
+        """The renewing thread: every third of ONCE_LOCK_SECONDS, every held lock."""
+        while True:
+            time.sleep(ONCE_LOCK_SECONDS / 3)
+            with self._held_lock:
+                held = list(self._held.items())
+            for lock, token in held:
+                try:
+                    self._renew(keys=[lock], args=[token, _ms(ONCE_LOCK_SECONDS)])
+                except redis.exceptions.RedisError as error:  # the request itself will meet it too
+                    log.warning("could not renew a form's lock: %s", error)
 
     @guarded
     def __len__(self):

@@ -99,6 +99,16 @@ def redis_server():
 
 
 @pytest.fixture
+def private_redis():
+    """A redis-server for one test alone, which it may stop and start again (outages)."""
+    require_tools("redis-server")
+    from redis_server import RedisServer
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
 def state_backend():
     """Where the portal keeps its state: "memory" unless a module asks for both
     (see `both_backends`)."""

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from cluster import Cluster, get
-from conftest import portal_settings, require_tools
+from conftest import portal_settings
 from portal import SIGNIN_PER_ADDRESS
 from redis_server import RedisServer
 from test_nginx import nginx_binary  # noqa: F401  (a fixture)
@@ -57,14 +57,6 @@ def launch(nginx_binary, fake, smtp, tmp_path):  # noqa: F811
 def cluster(launch, redis_server):
     return launch(redis_server)
 
-
-@pytest.fixture
-def own_redis():
-    """A redis-server for one test alone: it may be stopped."""
-    require_tools("redis-server")
-    server = RedisServer().start()
-    yield server
-    server.kill()
 
 
 def sign_in(cluster, smtp, address, browser=None):
@@ -310,15 +302,15 @@ def assert_friendly_503(page, words):
 
 
 def test_with_redis_stopped_every_instance_answers_a_localized_503_and_recovers_without_a_restart(
-        launch, own_redis, smtp, fake):
-    cluster = launch(own_redis)
+        launch, private_redis, smtp, fake):
+    cluster = launch(private_redis)
     ticket = fake.add_conversation(fake.jane, fake.api_inbox, subject="Broken screen")
     browser = sign_in(cluster, smtp, "jane@example.com")
     page = browser.get(f"/portal/tickets/{ticket}")
     pids = [portal.process.pid for portal in cluster.portals]
     before = count_requests(cluster)
 
-    own_redis.stop()
+    private_redis.stop()
     assert_friendly_503(browser.get("/portal/dashboard"), "Please try again in a moment")
     spanish = cluster.browser()
     spanish.cookies = {**browser.cookies, "portal_lang": "es"}  # the same session, read in Spanish
@@ -334,7 +326,7 @@ def test_with_redis_stopped_every_instance_answers_a_localized_503_and_recovers_
               for portal, already in zip(cluster.portals, before)]
     assert all(outage), outage
 
-    own_redis.start()  # the same port, nothing kept
+    private_redis.start()  # the same port, nothing kept
     deadline = time.monotonic() + 10
     while not all(portal.running and _healthy(portal) for portal in cluster.portals):
         assert time.monotonic() < deadline, "the portals did not recover within 10 s"

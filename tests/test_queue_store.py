@@ -13,7 +13,6 @@ import time
 import pytest
 
 import redis_store
-from conftest import require_tools
 from redis_queue import DEDUP_SECONDS, SEEN_SECONDS, RedisStateFile
 from redis_server import RedisServer
 from storage import StateFile, StateUnavailable
@@ -413,14 +412,6 @@ def test_two_portal_processes_sharing_one_redis_mail_each_reply_once(fake, smtp,
         for running in portals:
             running.close()
 
-
-@pytest.fixture
-def private_redis():
-    """A redis-server of this test's own, to stop and start."""
-    require_tools("redis-server")
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 def test_with_redis_stopped_every_call_raises_state_unavailable_and_works_again_after_restart(private_redis, clock):

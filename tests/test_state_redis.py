@@ -15,18 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import portal_settings, require_tools, sign_in, start_portal
+from conftest import portal_settings, sign_in, start_portal
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture
-def private_redis():
-    require_tools("redis-server")
-    server = RedisServer().start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

@@ -1366,6 +1366,11 @@ def configure_logging():
 def serve(app, config):
     log.info("portal listening on http://%s:%s%s/ (public URL %s)", config.host, config.port,
              config.base_path, config.public_url("/"))
+    if config.state_url:
+        log.info("state in Redis at %s, keys under %r (shared with every instance using it)",
+                 redacted_url(config.state_url), config.state_prefix)
+    else:
+        log.info("state in this process, the reply-mail queue in %s", config.state_dir)
     app.start()
     create_server(app, config, host=config.host, port=config.port).run()
 

@@ -854,7 +854,7 @@ class Portal:
         old tickets do not all show "New reply" at a customer's first visit.
         """
         ids = [ticket.id for ticket in tickets]
-        seen, replies = self.state.seen_message_ids(ids), self.state.agent_reply_ids(ids)
+        seen, replies = self.state.dashboard_marks(ids)
         return {ticket.id for ticket in tickets
                 if max(ticket.last_agent_reply_id, replies.get(ticket.id, 0)) > seen.get(ticket.id, 0)
                 and (ticket.id in seen or ticket.status != "resolved")}

@@ -379,6 +379,17 @@ class RedisStateFile:
         """{ticket id: newest agent reply Chatwoot's webhook told of} (queued, mailed or not)."""
         return self._many(("queue", "newest-reply"), ticket_ids)
 
+    @guarded
+    def dashboard_marks(self, ticket_ids):
+        """(seen_message_ids, agent_reply_ids) of one dashboard page, in one round trip."""
+        ids = [int(t) for t in ticket_ids]
+        if not ids:
+            return {}, {}
+        values = self._client.mget([self._keys("ticket-seen", t) for t in ids] +
+                                   [self._keys("queue", "newest-reply", t) for t in ids])
+        return tuple({ticket: int(value) for ticket, value in zip(ids, half) if value is not None}
+                     for half in (values[:len(ids)], values[len(ids):]))
+
     def _many(self, kind, ticket_ids):
         ids = [int(t) for t in ticket_ids]
         if not ids:

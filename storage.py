@@ -288,6 +288,10 @@ class StateFile:
                 f"SELECT ticket_id, MAX(message_id) FROM notification WHERE ticket_id IN ({','.join('?' * len(ids))}) "
                 "GROUP BY ticket_id", ids).fetchall()) if ids else {}
 
+    def dashboard_marks(self, ticket_ids):
+        """(seen_message_ids, agent_reply_ids) of one dashboard page."""
+        return self.seen_message_ids(ticket_ids), self.agent_reply_ids(ticket_ids)
+
     def remember_cancelled(self, ticket_id, at):
         """The customer cancelled the ticket at `at` (the portal's clock)."""
         with self._lock:

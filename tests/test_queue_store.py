@@ -239,6 +239,15 @@ def test_seen_markers_of_a_page_of_tickets_name_only_the_tickets_seen(queue):
     assert queue.seen_message_ids([]) == {}
 
 
+def test_a_dashboards_marks_are_its_seen_and_newest_reply_ids_together(queue, clock):
+    queue.mark_seen(7, 10)
+    queue.enqueue(12, 7, clock())
+    queue.enqueue(3, 8, clock())
+    assert queue.dashboard_marks([7, 8, 9]) == ({7: 10}, {7: 12, 8: 3})
+    assert queue.dashboard_marks([7, 8, 9]) == (queue.seen_message_ids([7, 8, 9]), queue.agent_reply_ids([7, 8, 9]))
+    assert queue.dashboard_marks([]) == ({}, {})
+
+
 def test_agent_reply_ids_name_the_newest_reply_told_of_whether_mailed_or_not(queue, clock):
     queue_reply(queue, clock, 5, 7)
     queue_reply(queue, clock, 9, 7)
@@ -437,6 +446,7 @@ def test_with_redis_stopped_every_call_raises_state_unavailable_and_works_again_
             lambda: queue.seen_message_id(7),
             lambda: queue.seen_message_ids([7]),
             lambda: queue.agent_reply_ids([7]),
+            lambda: queue.dashboard_marks([7]),
             lambda: queue.remember_cancelled(7, clock()),
             lambda: queue.cancelled_at(7),
             lambda: queue.forget_cancelled(7),

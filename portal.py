@@ -973,7 +973,8 @@ class Portal:
         self.check_owner(ticket, session)
         self.known_files.remember(session.contact_id, ticket.id, thread)
         # What the customer reads here needs no mail (see notifications).
-        self.notifier.ticket_viewed(ticket.id, max((m.id for m in thread), default=0))
+        seen, cancelled_at = self.state.ticket_marks(ticket.id)
+        self.notifier.ticket_viewed(ticket.id, max((m.id for m in thread), default=0), seen)
         title = ticket.subject or i18n.translate(request.lang, "ticket_number", id=ticket.id)
         # The rating shown is the one in the thread's survey message, never Chatwoot's
         # CSAT record; the form starts from it, so a second rating changes the first.
@@ -983,7 +984,6 @@ class Portal:
                           feedback=survey.feedback if survey else "", error="", notice="")
         rating_open = survey is not None and survey.open_on(self.clock()) and rating["notice"] != "rating_closed"
         # "Cancelled by you" while the ticket stays resolved; open again, the cancel is history.
-        cancelled_at = self.state.cancelled_at(ticket.id)
         if cancelled_at is not None and ticket.status != "resolved":
             self.state.forget_cancelled(ticket.id)
             cancelled_at = None

@@ -410,6 +410,13 @@ class RedisStateFile:
         return None if at is None else float(at)
 
     @guarded
+    def ticket_marks(self, ticket_id):
+        """(seen_message_id, cancelled_at) of one ticket page, in one round trip."""
+        seen, at = self._client.mget([self._keys("ticket-seen", int(ticket_id)),
+                                      self._keys("ticket-cancelled", int(ticket_id))])
+        return int(seen or 0), None if at is None else float(at)
+
+    @guarded
     def forget_cancelled(self, ticket_id):
         """The ticket is open again: its cancel is history."""
         self._client.delete(self._keys("ticket-cancelled", int(ticket_id)))

@@ -305,6 +305,10 @@ class StateFile:
             row = self._db.execute("SELECT at FROM ticket_cancelled WHERE ticket_id = ?", (int(ticket_id),)).fetchone()
         return row[0] if row else None
 
+    def ticket_marks(self, ticket_id):
+        """(seen_message_id, cancelled_at) of one ticket page."""
+        return self.seen_message_id(ticket_id), self.cancelled_at(ticket_id)
+
     def forget_cancelled(self, ticket_id):
         """The ticket is open again: its cancel is history."""
         with self._lock:

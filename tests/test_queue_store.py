@@ -248,6 +248,13 @@ def test_a_dashboards_marks_are_its_seen_and_newest_reply_ids_together(queue, cl
     assert queue.dashboard_marks([]) == ({}, {})
 
 
+def test_a_ticket_pages_marks_are_its_seen_marker_and_when_it_was_cancelled(queue, clock):
+    assert queue.ticket_marks(7) == (0, None)
+    queue.mark_seen(7, 10)
+    queue.remember_cancelled(7, 1234.5)
+    assert queue.ticket_marks(7) == (10, 1234.5) == (queue.seen_message_id(7), queue.cancelled_at(7))
+
+
 def test_agent_reply_ids_name_the_newest_reply_told_of_whether_mailed_or_not(queue, clock):
     queue_reply(queue, clock, 5, 7)
     queue_reply(queue, clock, 9, 7)
@@ -447,6 +454,7 @@ def test_with_redis_stopped_every_call_raises_state_unavailable_and_works_again_
             lambda: queue.seen_message_ids([7]),
             lambda: queue.agent_reply_ids([7]),
             lambda: queue.dashboard_marks([7]),
+            lambda: queue.ticket_marks(7),
             lambda: queue.remember_cancelled(7, clock()),
             lambda: queue.cancelled_at(7),
             lambda: queue.forget_cancelled(7),

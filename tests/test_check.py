@@ -302,28 +302,33 @@ def test_check_prints_each_warning_once(fake, smtp, tmp_path):
     assert result.stdout.count("did you mean SMTP_ADDRESS?") == 1, result.stdout
 
 
-def test_start_up_logs_each_warning_once(fake, smtp, tmp_path):
-    settings = portal_settings(fake, smtp, PORT=str(free_port()))
-    del settings["SMTP_FROM"]
-    (tmp_path / ".env").write_text("SMTP_ADDRES=mail.example.com\n")
-    env = {key: value for key, value in os.environ.items() if key not in settings and key != "SMTP_FROM"}
+def start_up_output(settings, cwd, until, unset=()):
+    """What a real `python portal.py` prints until a line containing `until`; then it is stopped."""
+    env = {key: value for key, value in os.environ.items() if key not in settings and key not in unset}
     env.update(settings)
-    process = subprocess.Popen([sys.executable, str(ROOT / "portal.py")], cwd=tmp_path, env=env,
+    process = subprocess.Popen([sys.executable, str(ROOT / "portal.py")], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watchdog = threading.Timer(30, process.kill)  # a portal that never says it listens
+    watchdog = threading.Timer(30, process.kill)  # a portal that never prints it
     watchdog.start()
     try:
         lines = []
         for line in process.stdout:
             lines.append(line)
-            if "portal listening" in line:
+            if until in line:
                 break
     finally:
         watchdog.cancel()
         process.terminate()
         process.wait(timeout=10)
         process.stdout.close()
-    output = "".join(lines)
+    return "".join(lines)
+
+
+def test_start_up_logs_each_warning_once(fake, smtp, tmp_path):
+    settings = portal_settings(fake, smtp, PORT=str(free_port()))
+    del settings["SMTP_FROM"]
+    (tmp_path / ".env").write_text("SMTP_ADDRES=mail.example.com\n")
+    output = start_up_output(settings, tmp_path, "portal listening", unset=("SMTP_FROM",))
     assert "portal listening" in output, output
     assert output.count("SMTP_FROM is not set") == 1, output
     assert output.count("did you mean SMTP_ADDRESS?") == 1, output

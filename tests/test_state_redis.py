@@ -175,29 +175,11 @@ def test_a_state_url_that_is_not_redis_is_refused_at_start(fake, smtp, tmp_path,
 
 
 def test_start_up_says_where_the_state_lives_without_the_redis_password(fake, smtp, private_redis, tmp_path):
-    import os
-    import threading
-
     from redis_server import free_port
+    from test_check import start_up_output
 
     url = f"redis://:pa55-w0rd-secret@127.0.0.1:{private_redis.port}/0"
     settings = portal_settings(fake, smtp, PORT=str(free_port()), STATE_URL=url, STATE_PREFIX="acme:")
-    env = dict(os.environ, **settings)
-    process = subprocess.Popen([sys.executable, str(ROOT / "portal.py")], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watchdog = threading.Timer(30, process.kill)  # a portal that never says where its state is
-    watchdog.start()
-    try:
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "state in" in line:
-                break
-    finally:
-        watchdog.cancel()
-        process.terminate()
-        process.wait(timeout=10)
-        process.stdout.close()
-    output = "".join(lines)
+    output = start_up_output(settings, tmp_path, "state in")
     assert f"state in Redis at redis://:***@127.0.0.1:{private_redis.port}/0, keys under 'acme:'" in output, output
     assert "pa55-w0rd-secret" not in output

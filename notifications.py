@@ -80,14 +80,12 @@ class Notifier:
                 self._wake.notify()
         return added
 
-    def ticket_viewed(self, ticket_id, newest_message_id, seen=None):
+    def ticket_viewed(self, ticket_id, newest_message_id, seen):
         """The owner has the ticket on screen, up to this message: no mail for what they
         read, and no "new reply" mark on the dashboard (the marker is kept either way).
-        `seen`: the ticket's seen marker, when the caller has read it already."""
+        `seen`: the ticket's seen marker as the page read it (`ticket_marks`)."""
         if not newest_message_id:
             return
-        if seen is None:
-            seen = self._state.seen_message_id(ticket_id)
         if newest_message_id > seen:
             self._state.mark_seen(ticket_id, newest_message_id)
             if self._state.cancel_seen(ticket_id, newest_message_id):

@@ -1221,8 +1221,7 @@ class Portal:
         state store (Redis) does not answer, for nginx and monitors."""
         health = {"status": "ok", "state": self.stores.backend}
         try:
-            if self.stores.ping:
-                self.stores.ping()
+            self.stores.ping()
             if self.notifier.enabled:
                 health["notifications"] = self.notifier.health()
         except StateUnavailable as error:

@@ -40,6 +40,7 @@ import dataclasses
 import sqlite3
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 FILE_NAME = "portal.sqlite3"
@@ -96,7 +97,7 @@ class Stores:
     limit_by_ip: object
     drafts: object
     state: object
-    ping: object = None  # () -> None, or raises StateUnavailable (Redis only)
+    ping: object = lambda: None  # () -> None, or raises StateUnavailable (Redis)
 
     def close(self):
         self.state.close()
@@ -331,7 +332,6 @@ MIN_REDIS_VERSION = (6, 2)
 
 def redacted_url(url):
     """STATE_URL without its password, for log lines and --check."""
-    import urllib.parse
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:
         return url

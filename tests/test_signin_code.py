@@ -20,7 +20,6 @@ from conftest import both_backends  # noqa: F401  (every test here runs on memor
 from portal import SIGNIN_PER_ADDRESS, SIGNIN_PER_IP
 from security import (
     EXPIRED,
-    LOCKED,
     MAX_WRONG_CODES,
     RETIRED_LINK_SECONDS,
     USED,
@@ -573,33 +572,6 @@ def test_a_code_redeems_its_link_for_its_address_only(clock):
     assert store.redeem_code(JANE, jane.code) is None  # used
     assert store.consume(jane.token) is None
     assert store.redeem_code(BOB, bob.code).contact_id == 18
-
-
-def test_the_fifth_wrong_code_retires_every_link_of_the_address_and_a_new_one_starts_afresh(clock):
-    store = MagicLinkStore(TTL, clock)
-    first, second = issue(store), issue(store)
-    wrong = a_wrong_code(first.code) if a_wrong_code(first.code) != second.code else a_wrong_code(second.code)
-    for _ in range(MAX_WRONG_CODES - 1):
-        assert store.redeem_code(JANE, wrong) is None
-    assert store.peek(first.token) is not None
-    assert store.redeem_code(JANE, wrong) is None  # the fifth
-    assert store.peek(first.token) is None and store.peek(second.token) is None
-    assert store.redeem_code(JANE, first.code) is None and store.redeem_code(JANE, second.code) is None
-    assert store.retired(first.token).reason == LOCKED
-    fresh = issue(store)
-    for _ in range(MAX_WRONG_CODES - 1):
-        assert store.redeem_code(JANE, a_wrong_code(fresh.code)) is None
-    assert store.redeem_code(JANE, fresh.code) is not None
-
-
-def test_wrong_codes_are_counted_per_address(clock):
-    store = MagicLinkStore(TTL, clock)
-    jane, bob = issue(store), issue(store, 18, BOB)
-    for _ in range(MAX_WRONG_CODES - 1):
-        store.redeem_code(JANE, a_wrong_code(jane.code))
-        store.redeem_code(BOB, a_wrong_code(bob.code))
-    assert store.redeem_code(JANE, jane.code) is not None
-    assert store.redeem_code(BOB, bob.code) is not None
 
 
 def test_wrong_codes_for_addresses_without_links_leave_nothing_behind(clock):
